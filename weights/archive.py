@@ -1,0 +1,50 @@
+"""Safe extraction of weight tars: nothing lands outside the destination, nothing half-written stays."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+MAX_MEMBERS = 10_000
+MAX_UNPACKED_BYTES = 64 * 1024**3  # a full SDXL fine-tune is ~5 GB; this only stops bombs
+
+
+class ArchiveError(ValueError):
+    """An archive that cannot be used; the message says why."""
+
+
+def extract_tar(archive: Path, dest: Path, *, what: str = "weights") -> Path:
+    """Extract ``archive`` into the new directory ``dest`` atomically.
+
+    Uses tarfile's ``data`` filter (no absolute paths, no ``..``, no links pointing out, no
+    device files) and checks member count and total size first. ``dest`` appears only once
+    extraction succeeded.
+    """
+    try:
+        tar = tarfile.open(archive)  # transparent gzip/bz2/xz
+    except (tarfile.TarError, OSError) as e:
+        raise ArchiveError(f"{what}: {archive.name} is not a readable tar archive ({e})") from e
+    with tar:
+        try:
+            members = tar.getmembers()
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise ArchiveError(f"{what}: {archive.name} is a truncated or corrupt tar archive ({e})") from e
+        if len(members) > MAX_MEMBERS:
+            raise ArchiveError(f"{what}: {archive.name} has {len(members)} members; at most {MAX_MEMBERS} are accepted")
+        total = sum(m.size for m in members if m.isfile())
+        if total > MAX_UNPACKED_BYTES:
+            raise ArchiveError(f"{what}: {archive.name} unpacks to {total} bytes; at most {MAX_UNPACKED_BYTES} are accepted")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            tar.extractall(tmp, filter="data")
+            tmp.rename(dest)
+        except tarfile.FilterError as e:
+            raise ArchiveError(f"{what}: {archive.name} has an unsafe member ({e})") from e
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise ArchiveError(f"{what}: {archive.name} could not be extracted ({e})") from e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
