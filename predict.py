@@ -1,0 +1,164 @@
+"""Cog predictor: the stability-ai/sdxl API (same inputs, same outputs, same trained-weights tars).
+
+The inputs live here; the work lives in ``sdxl/`` (models, generation, fine-tunes, safety) and
+``weights/`` (where weights come from).
+"""
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path as LocalPath
+from typing import List, Optional
+
+from cog import BaseRunner, Input, Path
+from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLWatermarker
+
+from weights.sets import REPO_ROOT
+from sdxl.finetune import FineTunes, read_trained_weights
+from sdxl.generate import Settings, generate, multiple_of_8
+from sdxl.images import load_image, save_images
+from sdxl.models import load_all
+from weights.cache import WeightsCache
+
+SCHEDULER_NAMES = ["DDIM", "DPMSolverMultistep", "HeunDiscrete", "KarrasDPM", "K_EULER_ANCESTRAL", "K_EULER", "PNDM"]
+REFINE_NAMES = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
+OUTPUT_FORMAT_NAMES = ["png", "webp", "jpg"]
+
+log = logging.getLogger("predict")
+
+
+class Predictor(BaseRunner):
+    def setup(self, weights: Optional[Path] = None) -> None:
+        """Load base, refiner and safety checker once; ``weights`` (COG_WEIGHTS) is a trained tar to apply."""
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s", force=True)
+        self.models = load_all()
+        self.finetunes = FineTunes(self.models)
+        self.watermarker = StableDiffusionXLWatermarker()
+        cache_root = os.environ.get("SDXL_LORA_CACHE", str(REPO_ROOT / "weights-cache" / "trained"))
+        self.cache = WeightsCache(LocalPath(cache_root))
+        self.default_weights = None if weights is None or str(weights) in ("", "weights") else str(weights)
+        if self.default_weights:
+            log.info("loading trained weights given at setup (COG_WEIGHTS): %s", self.default_weights)
+            self.finetunes.apply(self._read_weights(self.default_weights, what="COG_WEIGHTS"))
+        self.out_dir: LocalPath | None = None
+
+    def _read_weights(self, source: str, *, what: str):
+        return read_trained_weights(self.cache.fetch(source, what=what), self.models, what=what, source=source)
+
+    def predict(
+        self,
+        prompt: str = Input(description="Input prompt", default="An astronaut riding a rainbow unicorn"),
+        negative_prompt: str = Input(description="Input Negative Prompt", default=""),
+        image: Path = Input(description="Input image for img2img or inpaint mode", default=None),
+        mask: Path = Input(
+            description="Input mask for inpaint mode. Black areas will be preserved, white areas will be inpainted.",
+            default=None,
+        ),
+        width: int = Input(description="Width of output image", default=1024),
+        height: int = Input(description="Height of output image", default=1024),
+        num_outputs: int = Input(description="Number of images to output.", ge=1, le=4, default=1),
+        scheduler: str = Input(description="scheduler", choices=SCHEDULER_NAMES, default="K_EULER"),
+        num_inference_steps: int = Input(description="Number of denoising steps", ge=1, le=500, default=50),
+        guidance_scale: float = Input(description="Scale for classifier-free guidance", ge=1, le=50, default=7.5),
+        prompt_strength: float = Input(
+            description="Prompt strength when using img2img / inpaint. 1.0 corresponds to full destruction of information in image",
+            ge=0.0,
+            le=1.0,
+            default=0.8,
+        ),
+        seed: int = Input(description="Random seed. Leave blank to randomize the seed", default=None),
+        refine: str = Input(description="Which refine style to use", choices=REFINE_NAMES, default="no_refiner"),
+        high_noise_frac: float = Input(
+            description="For expert_ensemble_refiner, the fraction of noise to use", default=0.8, le=1.0, ge=0.0
+        ),
+        refine_steps: int = Input(
+            description="For base_image_refiner, the number of steps to refine, defaults to num_inference_steps",
+            default=None,
+        ),
+        apply_watermark: bool = Input(
+            description="Applies a watermark to enable determining if an image is generated in downstream applications. If you have other provisions for generating or deploying images safely, you can use this to disable watermarking.",
+            default=True,
+        ),
+        lora_scale: float = Input(
+            description="LoRA additive scale. Only applicable on trained models.", ge=0.0, le=1.0, default=0.6
+        ),
+        replicate_weights: str = Input(
+            description="Replicate LoRA weights to use. Leave blank to use the default weights.", default=None
+        ),
+        disable_safety_checker: bool = Input(
+            description="Disable safety checker for generated images. This feature is only available through the API. See [https://replicate.com/docs/how-does-replicate-work#safety](https://replicate.com/docs/how-does-replicate-work#safety)",
+            default=False,
+        ),
+        output_format: str = Input(
+            description="Format of the output images", choices=OUTPUT_FORMAT_NAMES, default="png"
+        ),
+        output_quality: int = Input(
+            description="Quality when saving webp or jpg images, from 0 (worst) to 100 (best); ignored for png",
+            ge=0,
+            le=100,
+            default=80,
+        ),
+    ) -> List[Path]:
+        """Run a single prediction on the model."""
+        # cheap checks and decoding first: bad input fails before any denoising
+        width, height = multiple_of_8(width, "width"), multiple_of_8(height, "height")
+        if refine_steps is not None and refine_steps < 1:
+            raise ValueError(f"refine_steps: {refine_steps} is not allowed; use a positive number or leave it empty")
+        if mask is not None and image is None:
+            raise ValueError("mask: a mask needs an image to inpaint; pass image as well")
+        init_image = load_image(image, name="image") if image is not None else None
+        mask_image = load_image(mask, name="mask", mode="L") if mask is not None else None
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "big")
+        log.info("Using seed: %d", seed)
+
+        wanted = replicate_weights or self.default_weights
+        if wanted:
+            what = "replicate_weights" if replicate_weights else "COG_WEIGHTS"
+            if self.finetunes.active is None or self.finetunes.active.source != wanted:
+                self.finetunes.apply(self._read_weights(wanted, what=what))
+        else:
+            self.finetunes.unload()
+        prompt = self.finetunes.prompt(prompt)
+        log.info("Prompt: %s", prompt)
+
+        settings = Settings(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            width=width,
+            height=height,
+            num_outputs=num_outputs,
+            scheduler=scheduler,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            prompt_strength=prompt_strength,
+            seed=seed,
+            refine=refine,
+            high_noise_frac=high_noise_frac,
+            refine_steps=refine_steps,
+            apply_watermark=apply_watermark,
+            lora_scale=lora_scale,
+        )
+        images = generate(
+            self.models,
+            settings,
+            image=init_image,
+            mask=mask_image,
+            lora=self.finetunes.is_lora,
+            watermarker=self.watermarker,
+        )
+        if not disable_safety_checker:
+            flags = self.models.safety.flags(images)
+            for i, flagged in enumerate(flags):
+                if flagged:
+                    log.info("NSFW content detected in image %d: it is left out", i)
+            images = [img for img, flagged in zip(images, flags) if not flagged]
+            if not images:
+                raise RuntimeError("NSFW content detected. Try running it again, or try a different prompt.")
+
+        if self.out_dir is not None:  # the previous prediction's files have been delivered by now
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+        self.out_dir = LocalPath(tempfile.mkdtemp(prefix="sdxl-out-"))
+        return [Path(p) for p in save_images(images, self.out_dir, output_format, output_quality)]

@@ -1,0 +1,1 @@
+"""SDXL inference: models loaded once, requests run as plain diffusers pipeline calls."""

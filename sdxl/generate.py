@@ -1,0 +1,109 @@
+"""One prediction, as stability-ai/sdxl runs it: pick the pipeline for the mode, denoise, optionally refine.
+
+Everything is a plain diffusers pipeline call on the shared modules, so the images equal those of
+the same diffusers pipelines called with the same weights, seed and settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from .models import Models
+from .schedulers import make_scheduler
+
+log = logging.getLogger(__name__)
+
+REFINE_MODES = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    num_outputs: int
+    scheduler: str
+    num_inference_steps: int
+    guidance_scale: float
+    prompt_strength: float
+    seed: int
+    refine: str
+    high_noise_frac: float
+    refine_steps: int | None
+    apply_watermark: bool
+    lora_scale: float
+
+
+def multiple_of_8(value: int, name: str) -> int:
+    """Round a size down to a multiple of 8 (what the VAE needs), saying so when it changes."""
+    if value < 8:
+        raise ValueError(f"{name}: {value} is too small; use at least 8 (a multiple of 8)")
+    rounded = value - value % 8
+    if rounded != value:
+        log.info("%s %d is not a multiple of 8: rounded down to %d", name, value, rounded)
+    return rounded
+
+
+def generate(
+    models: Models,
+    s: Settings,
+    *,
+    image: Image.Image | None = None,
+    mask: Image.Image | None = None,
+    lora: bool = False,
+    watermarker=None,
+) -> list[Image.Image]:
+    """Run the request ``s`` and return the finished images (before the safety checker)."""
+    kwargs: dict = {}
+    if image is not None and mask is not None:
+        log.info("inpainting mode")
+        if mask.size != image.size:
+            log.info("mask %dx%d resized to the image's %dx%d", *mask.size, *image.size)
+            mask = mask.resize(image.size, Image.Resampling.LANCZOS)
+        pipe = models.inpaint
+        kwargs.update(image=image, mask_image=mask, strength=s.prompt_strength, width=s.width, height=s.height)
+    elif image is not None:
+        log.info("img2img mode")
+        pipe = models.img2img
+        kwargs.update(image=image, strength=s.prompt_strength)
+    else:
+        log.info("txt2img mode")
+        pipe = models.base
+        kwargs.update(width=s.width, height=s.height)
+
+    refining = s.refine != "no_refiner"
+    if s.refine == "expert_ensemble_refiner":
+        kwargs.update(output_type="latent", denoising_end=s.high_noise_frac)
+    elif s.refine == "base_image_refiner":
+        kwargs.update(output_type="latent")
+    if lora:
+        kwargs["cross_attention_kwargs"] = {"scale": s.lora_scale}
+
+    pipe.scheduler = make_scheduler(s.scheduler, models.scheduler_config)
+    pipe.watermark = None if refining or not s.apply_watermark else watermarker
+    generator = torch.Generator(models.device).manual_seed(s.seed)
+    common = {
+        "prompt": [s.prompt] * s.num_outputs,
+        "negative_prompt": [s.negative_prompt] * s.num_outputs,
+        "guidance_scale": s.guidance_scale,
+        "generator": generator,
+        "num_inference_steps": s.num_inference_steps,
+    }
+    images = pipe(**common, **kwargs).images
+    if not refining:
+        return images
+
+    refiner = models.refiner
+    refiner.scheduler = make_scheduler(s.scheduler, models.refiner_scheduler_config)
+    refiner.watermark = watermarker if s.apply_watermark else None
+    refiner_kwargs = {"image": images}
+    if s.refine == "expert_ensemble_refiner":
+        refiner_kwargs["denoising_start"] = s.high_noise_frac
+    elif s.refine_steps:
+        common["num_inference_steps"] = s.refine_steps
+    return refiner(**common, **refiner_kwargs).images

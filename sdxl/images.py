@@ -1,0 +1,60 @@
+"""Input images in, output files out: decoding with clear errors, and saving in the asked format."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+MAX_INPUT_PIXELS = 4096 * 4096  # decoding anything larger is refused before it is decoded
+OUTPUT_FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}
+
+
+class InputImageError(ValueError):
+    pass
+
+
+def load_image(path: Path, *, name: str, mode: str = "RGB") -> Image.Image:
+    """Decode the input ``name`` (e.g. "image", "mask") fully, upright (EXIF), in ``mode``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_INPUT_PIXELS:
+                    raise InputImageError(
+                        f"{name}: {img.width}x{img.height} pixels is larger than the limit of "
+                        f"{MAX_INPUT_PIXELS} pixels (4096x4096)"
+                    )
+                img.seek(0)  # first frame of an animation
+                img.load()
+                upright = ImageOps.exif_transpose(img)
+                if upright.mode in ("RGBA", "LA", "PA") or (upright.mode == "P" and "transparency" in upright.info):
+                    # composite transparency onto white rather than letting it turn black
+                    rgba = upright.convert("RGBA")
+                    canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                    upright = Image.alpha_composite(canvas, rgba)
+                elif upright.mode.startswith("I;16") or upright.mode == "I":
+                    upright = upright.point(lambda v: v / 256).convert("L")
+                return upright.convert(mode)
+    except InputImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        raise InputImageError(f"{name}: the file could not be read as an image ({type(e).__name__}: {e})") from e
+
+
+def save_images(images: list[Image.Image], out_dir: Path, output_format: str, output_quality: int) -> list[Path]:
+    fmt = OUTPUT_FORMATS[output_format]
+    paths = []
+    for i, image in enumerate(images):
+        path = out_dir / f"out-{i}.{output_format}"
+        if fmt == "PNG":
+            image.save(path, fmt)
+        else:
+            image.save(path, fmt, quality=output_quality)
+        paths.append(path)
+    return paths
