@@ -1,0 +1,195 @@
+"""``prepare``: from the user's archive to a training dataset of square images, masks and captions."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import torch
+from PIL import Image
+
+from . import caption as captions_mod
+from .crop import crop_pair, shrink
+from .errors import PreprocessError
+from .images import load_image
+from .intake import FILETYPES, Member, read_archive
+from .masks import ClipSegMasker, FaceMasker, check_temperature, full_mask, parse_prompts
+from .upscale import Upscaler, resize
+
+log = logging.getLogger(__name__)
+
+MIN_RESOLUTION = 16
+MAX_RESOLUTION = 4096
+ANALYSIS_SIDE = 768  # images are kept at least this large (shorter side) for face detection and CLIPSeg
+STAGING = ".intake"  # inside out_dir, removed when done
+CSV_HEADER = ("image", "mask", "caption")
+
+
+@dataclass
+class Example:
+    """One training image on its way through the pipeline."""
+
+    name: str  # member name inside the archive
+    image: Image.Image
+    mask: Image.Image | None = None
+    caption: str | None = None
+
+
+def prepare(
+    input_images: Path,
+    out_dir: Path,
+    *,
+    resolution: int = 512,
+    caption_prefix: str = "a photo of TOK",
+    token_string: str = "TOK",
+    mask_target_prompts: str | None = None,
+    crop_based_on_salience: bool = True,
+    use_face_detection_instead: bool = False,
+    clipseg_temperature: float = 1.0,
+    input_images_filetype: str = "infer",
+    seed: int = 0,
+    device: str = "cpu",
+) -> Path:
+    """Turn the archive ``input_images`` into ``out_dir/{images,masks}/NNNN.png`` and ``out_dir/captions.csv``.
+
+    Images are RGB ``resolution`` squares, masks L squares (255 = what matters), the csv has the
+    columns image,mask,caption with paths relative to ``out_dir``, one row per image in archive-name
+    order. Bad inputs raise PreprocessError naming the input, checked before any model is loaded.
+    """
+    input_images, out_dir = Path(input_images), Path(out_dir)
+    prompts = _check_arguments(
+        resolution, caption_prefix, token_string, mask_target_prompts, clipseg_temperature, input_images_filetype, device
+    )
+    _clean_outputs(out_dir)
+    staging = out_dir / STAGING
+    try:
+        intake = read_archive(input_images, staging, input_images_filetype)
+        csv_captions = _csv_captions(intake.caption_csv, intake.caption_csv_name, intake.images)
+        examples = _decode(intake.images, input_images, resolution)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if use_face_detection_instead and prompts:
+        log.info("use_face_detection_instead is set: mask_target_prompts %r are not used", mask_target_prompts)
+    _add_masks(examples, prompts, use_face_detection_instead, clipseg_temperature, device)
+    _add_captions(examples, csv_captions, caption_prefix, token_string, seed, device)
+    squares = _crop_all(examples, resolution, crop_based_on_salience, device)
+    _write(out_dir, squares)
+    log.info("prepared %d training images at %dx%d in %s", len(squares), resolution, resolution, out_dir)
+    return out_dir
+
+
+def _check_arguments(resolution, caption_prefix, token_string, mask_target_prompts, temperature, filetype, device):
+    """Validate every cheap-to-check argument; return the parsed CLIPSeg prompts."""
+    if isinstance(resolution, bool) or not isinstance(resolution, int):
+        raise PreprocessError(f"resolution must be an integer, not {resolution!r}")
+    if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION or resolution % 8:
+        raise PreprocessError(
+            f"resolution must be a multiple of 8 between {MIN_RESOLUTION} and {MAX_RESOLUTION}, not {resolution}"
+        )
+    if not isinstance(token_string, str) or not token_string.strip() or re.search(r"\s", token_string):
+        raise PreprocessError(f"token_string must be a non-empty word without spaces, not {token_string!r}")
+    if not isinstance(caption_prefix, str) or not captions_mod.has_token(caption_prefix, token_string):
+        raise PreprocessError(f"caption_prefix {caption_prefix!r} must contain token_string {token_string!r} as a word")
+    if filetype not in FILETYPES:
+        raise PreprocessError(f"input_images_filetype must be one of {', '.join(FILETYPES)}, not {filetype!r}")
+    check_temperature(temperature)
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise PreprocessError(f"device {device!r} is not a torch device ({e})") from e
+    return parse_prompts(mask_target_prompts)
+
+
+def _clean_outputs(out_dir: Path) -> None:
+    """Create ``out_dir`` and remove what an earlier run of ``prepare`` left there (only our own names)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for sub in ("images", "masks", STAGING):
+        shutil.rmtree(out_dir / sub, ignore_errors=True)
+    (out_dir / "captions.csv").unlink(missing_ok=True)
+
+
+def _csv_captions(text: str | None, csv_name: str | None, members: list[Member]) -> dict[str, str] | None:
+    if text is None:
+        return None
+    captions = captions_mod.parse_caption_csv(text, csv_name)
+    captions_mod.check_caption_join(captions, (m.basename for m in members), csv_name)
+    log.info("input_images: using the captions of %s", csv_name)
+    return captions
+
+
+def _decode(members: list[Member], archive: Path, resolution: int) -> list[Example]:
+    """Decode every image member (skipping unreadable ones); shrink large ones to save memory.
+
+    The shorter side is kept at ``max(resolution, ANALYSIS_SIDE)`` at least: the final crop only needs
+    ``resolution``, face detection wants a little more.
+    """
+    examples = []
+    for member in members:
+        image = load_image(member.path, member.name)
+        if image is not None:
+            examples.append(Example(member.name, shrink(image, max(resolution, ANALYSIS_SIDE))))
+    if not examples:
+        found = f"{len(members)} image file(s), none readable" if members else "no image files (png, jpg, jpeg, webp, bmp, gif)"
+        raise PreprocessError(f"input_images: {archive.name} holds {found}")
+    return examples
+
+
+def _add_masks(examples, prompts, faces: bool, temperature: float, device: str) -> None:
+    if faces:
+        masker = FaceMasker()
+        try:
+            for ex in examples:
+                ex.mask = masker.mask(ex.image, ex.name)
+        finally:
+            masker.close()
+    elif prompts:
+        clipseg = ClipSegMasker(prompts, temperature, device)
+        for ex in examples:
+            ex.mask = clipseg.mask(ex.image)
+        clipseg.close()
+    else:
+        for ex in examples:
+            ex.mask = full_mask(ex.image)
+
+
+def _add_captions(examples, csv_captions, prefix: str, token: str, seed: int, device: str) -> None:
+    if csv_captions is not None:
+        for ex in examples:
+            ex.caption = captions_mod.user_caption(prefix, csv_captions[PurePosixPath(ex.name).name], token)
+        return
+    captioner = captions_mod.Captioner(device)
+    for ex in examples:
+        ex.caption = captions_mod.compose(prefix, captioner.caption(ex.image, seed), token)
+        log.info("caption for %s: %s", ex.name, ex.caption)
+    captioner.close()
+
+
+def _crop_all(examples, resolution: int, salience: bool, device: str) -> list[Example]:
+    """Square-crop image and mask together, upscale small images with Swin2SR, resize to ``resolution``."""
+    squares = [Example(ex.name, *crop_pair(ex.image, ex.mask, salience=salience), ex.caption) for ex in examples]
+    upscaler = Upscaler(device) if any(sq.image.width < resolution for sq in squares) else None
+    for sq in squares:
+        sq.image = upscaler.to_resolution(sq.image, resolution) if upscaler else resize(sq.image, resolution)
+        sq.mask = sq.mask.resize((resolution, resolution), Image.Resampling.BILINEAR)
+    if upscaler:
+        upscaler.close()
+    return squares
+
+
+def _write(out_dir: Path, squares: list[Example]) -> None:
+    (out_dir / "images").mkdir()
+    (out_dir / "masks").mkdir()
+    rows = []
+    for i, sq in enumerate(squares):
+        image_rel, mask_rel = f"images/{i:04d}.png", f"masks/{i:04d}.png"
+        sq.image.convert("RGB").save(out_dir / image_rel)
+        sq.mask.convert("L").save(out_dir / mask_rel)
+        rows.append((image_rel, mask_rel, sq.caption))
+    with (out_dir / "captions.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_HEADER)
+        writer.writerows(rows)
