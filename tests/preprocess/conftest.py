@@ -1,0 +1,92 @@
+"""Shared fixtures for the preprocessing tests: tiny weights, archive and image builders."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ZEKE = REPO_ROOT / ".." / "shared" / "datasets" / "zeke"
+ZEKE_SKIP = "../shared/datasets/zeke not present: real photos are only available beside the clone in CI"
+
+
+@pytest.fixture(autouse=True)
+def tiny_weights(monkeypatch):
+    """Every test here uses the tiny generated BLIP/CLIPSeg/Swin2SR (cached in SDXL_TINY_DIR)."""
+    monkeypatch.setenv("SDXL_WEIGHTS", "tiny")
+
+
+def picture(size=(64, 48), seed=0, mode="RGB") -> Image.Image:
+    """A deterministic noisy picture."""
+    rng = np.random.RandomState(seed)
+    rgb = Image.fromarray((rng.rand(size[1], size[0], 3) * 255).astype(np.uint8), "RGB")
+    return rgb if mode == "RGB" else rgb.convert(mode)
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def png(size=(64, 48), seed=0) -> bytes:
+    return encode(picture(size, seed))
+
+
+def caption_csv(rows: list[tuple[str, str]]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["caption", "image_file"])
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def make_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def make_tar(path: Path, members: dict[str, bytes], mode: str = "w") -> Path:
+    with tarfile.open(path, mode) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def read_rows(out: Path) -> list[dict[str, str]]:
+    with (out / "captions.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def zeke() -> Path:
+    if not ZEKE.is_dir():
+        pytest.skip(ZEKE_SKIP)
+    return ZEKE.resolve()
+
+
+@pytest.fixture
+def kit():
+    """The builders above, for test modules (conftest is not importable under --import-mode=importlib)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        picture=picture,
+        encode=encode,
+        png=png,
+        caption_csv=caption_csv,
+        make_zip=make_zip,
+        make_tar=make_tar,
+        read_rows=read_rows,
+    )
