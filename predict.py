@@ -16,7 +16,7 @@ from cog import BaseRunner, Input, Path
 from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLWatermarker
 
 from weights.sets import REPO_ROOT
-from sdxl.finetune import FineTunes, read_trained_weights
+from sdxl.finetune import FineTunes
 from sdxl.generate import Settings, generate, multiple_of_8
 from sdxl.images import load_image, save_images
 from sdxl.models import load_all
@@ -45,7 +45,7 @@ class Predictor(BaseRunner):
         self.out_dir: LocalPath | None = None
 
     def _read_weights(self, source: str, *, what: str):
-        return read_trained_weights(self.cache.fetch(source, what=what), self.models, what=what, source=source)
+        return self.finetunes.read(self.cache.fetch(source, what=what), what=what, source=source)
 
     def predict(
         self,

@@ -55,20 +55,39 @@ def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{what}: {path.name} is not a valid safetensors file ({e})") from e
 
 
-def read_trained_weights(directory: Path, models: Models, *, what: str, source: str) -> TrainedWeights:
-    """Read and validate a reference-format weights directory against the loaded ``models``."""
+@dataclass(frozen=True)
+class BaseShapes:
+    """What fits the base model: taken once before any fine-tune is applied (peft renames layers)."""
+
+    unet: dict[str, torch.Size]  # state-dict key -> shape
+    linear: dict[str, tuple[int, int]]  # linear layer name -> (in_features, out_features)
+    embedding_dims: tuple[int, int]  # of text_encoder, text_encoder_2
+
+    @classmethod
+    def of(cls, models: Models) -> "BaseShapes":
+        unet = models.base.unet
+        return cls(
+            unet={k: v.shape for k, v in unet.state_dict().items()},
+            linear={n: (m.in_features, m.out_features) for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear)},
+            embedding_dims=tuple(
+                e.get_input_embeddings().embedding_dim for e in (models.base.text_encoder, models.base.text_encoder_2)
+            ),
+        )
+
+
+def read_trained_weights(directory: Path, shapes: BaseShapes, *, what: str, source: str) -> TrainedWeights:
+    """Read and validate a reference-format weights directory against the base model's ``shapes``."""
     if not directory.is_dir():
         raise WeightsError(f"{what}: expected a tar of trained weights, got a single file")
     names = {p.name for p in directory.iterdir()}
     tw = TrainedWeights(source=source)
-    unet_state = models.base.unet.state_dict()
     if "lora.safetensors" in names:
         legacy = _read_safetensors(directory / "lora.safetensors", what)
         tw.lora = convert_unet_state_dict_to_peft(legacy)
-        _check_lora_fits(tw.lora, models, what)
+        _check_lora_fits(tw.lora, shapes, what)
     elif "unet.safetensors" in names:
         tw.unet = _read_safetensors(directory / "unet.safetensors", what)
-        bad = [k for k, v in tw.unet.items() if k not in unet_state or unet_state[k].shape != v.shape]
+        bad = [k for k, v in tw.unet.items() if shapes.unet.get(k) != v.shape]
         if bad:
             raise WeightsError(f"{what}: unet.safetensors does not fit the SDXL UNet (e.g. {bad[0]!r})")
     else:
@@ -78,10 +97,8 @@ def read_trained_weights(directory: Path, models: Models, *, what: str, source: 
         )
     if "embeddings.pti" in names:
         emb = _read_safetensors(directory / "embeddings.pti", what)
-        encoders = [models.base.text_encoder, models.base.text_encoder_2]
-        for i, encoder in enumerate(encoders):
+        for i, dim in enumerate(shapes.embedding_dims):
             rows = emb.get(f"text_encoders_{i}")
-            dim = encoder.get_input_embeddings().embedding_dim
             if rows is None or rows.ndim != 2 or rows.shape[1] != dim:
                 got = None if rows is None else list(rows.shape)
                 raise WeightsError(f"{what}: embeddings.pti text_encoders_{i} must be [N, {dim}], got {got}")
@@ -99,14 +116,15 @@ def read_trained_weights(directory: Path, models: Models, *, what: str, source: 
     return tw
 
 
-def _check_lora_fits(lora: dict[str, torch.Tensor], models: Models, what: str) -> None:
-    modules = dict(models.base.unet.named_modules())
+def _check_lora_fits(lora: dict[str, torch.Tensor], shapes: BaseShapes, what: str) -> None:
+    if not lora:
+        raise WeightsError(f"{what}: lora.safetensors holds no tensors")
     for key, tensor in lora.items():
         module_name, _, kind = key.rpartition(".lora_")
-        module = modules.get(module_name)
-        if module is None or not isinstance(module, torch.nn.Linear) or tensor.ndim != 2:
+        features = shapes.linear.get(module_name)
+        if features is None or tensor.ndim != 2 or kind not in ("A.weight", "B.weight"):
             raise WeightsError(f"{what}: lora.safetensors is not an SDXL UNet LoRA (unknown layer {key!r})")
-        expected = module.in_features if kind.startswith("A") else module.out_features
+        expected = features[0] if kind.startswith("A") else features[1]
         actual = tensor.shape[1] if kind.startswith("A") else tensor.shape[0]
         if expected != actual:
             raise WeightsError(
@@ -126,12 +144,16 @@ class FineTunes:
 
     def __init__(self, models: Models):
         self.models = models
+        self.shapes = BaseShapes.of(models)
         self.active: TrainedWeights | None = None
         self._unet_backup: dict[str, torch.Tensor] = {}
 
     @property
     def is_lora(self) -> bool:
         return self.active is not None and self.active.lora is not None
+
+    def read(self, directory: Path, *, what: str, source: str) -> TrainedWeights:
+        return read_trained_weights(directory, self.shapes, what=what, source=source)
 
     def prompt(self, text: str) -> str:
         return substitute_tokens(text, self.active.token_map) if self.active else text
