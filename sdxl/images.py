@@ -42,8 +42,9 @@ def load_image(path: Path, *, name: str, mode: str = "RGB") -> Image.Image:
                 return upright.convert(mode)
     except InputImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputImageError(f"{name}: the image is larger than the limit of {MAX_INPUT_PIXELS} pixels (4096x4096) ({e})") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise InputImageError(f"{name}: the file could not be read as an image ({type(e).__name__}: {e})") from e
 
 
