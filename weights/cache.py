@@ -64,7 +64,7 @@ class WeightsCache:
                     download(source, raw, what=what)
                 else:
                     shutil.copyfile(local, raw)
-                self._evict(keep_free=_size(raw) * 2)
+                self._evict(keep_free=_size(raw))
                 self._place(raw, entry, what)
             finally:
                 raw.unlink(missing_ok=True)
