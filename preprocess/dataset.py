@@ -148,9 +148,11 @@ def _add_masks(examples, prompts, faces: bool, temperature: float, device: str) 
             masker.close()
     elif prompts:
         clipseg = ClipSegMasker(prompts, temperature, device)
-        for ex in examples:
-            ex.mask = clipseg.mask(ex.image)
-        clipseg.close()
+        try:
+            for ex in examples:
+                ex.mask = clipseg.mask(ex.image)
+        finally:
+            clipseg.close()
     else:
         for ex in examples:
             ex.mask = full_mask(ex.image)

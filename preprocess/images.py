@@ -29,11 +29,11 @@ def load_image(path: Path, name: str) -> Image.Image | None:
                 _check_pixels(name, im.size)
                 im.load()
                 image = _upright(im, name)
+    except PreprocessError:
+        raise
     except Image.DecompressionBombError as e:
         raise PreprocessError(_pixel_bomb(name, None)) from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
-        if isinstance(e, PreprocessError):
-            raise
         log.warning("input_images: skipping %s: not a readable image (%s)", name, e)
         return None
     return to_rgb(image)

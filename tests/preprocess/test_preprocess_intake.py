@@ -48,6 +48,8 @@ def test_nested_folders_same_base_names_and_ignored_members(tmp_path, kit):
             "folder/.DS_Store": b"junk",
             ".git/objects/x.png": kit.png(seed=6),
             "notes.txt": b"not an image",
+            # one row per base name: the two same.png share theirs (BLIP is covered in test_preprocess_models)
+            "captions.csv": kit.caption_csv([("TOK top", "top.jpg"), ("TOK deep", "deep.png"), ("TOK same", "same.png")]),
         },
     )
     assert _names(archive, tmp_path) == ["left/same.png", "one/two/three/deep.png", "right/same.png", "top.jpg"]
@@ -125,7 +127,10 @@ def test_modes_are_converted_to_rgb(tmp_path, kit):
 def test_truncated_and_fake_images_are_skipped_with_a_log_line(tmp_path, kit, caplog):
     good = kit.png((64, 48), seed=1)
     archive = kit.make_zip(
-        tmp_path / "in.zip", {"good.png": good, "truncated.png": good[: len(good) // 2], "fake.jpg": b"hello, world"}
+        tmp_path / "in.zip",
+        {"good.png": good, "truncated.png": good[: len(good) // 2], "fake.jpg": b"hello, world", "caption.csv": kit.caption_csv(
+            [("TOK", "good.png"), ("TOK", "truncated.png"), ("TOK", "fake.jpg")]
+        )},
     )
     with caplog.at_level(logging.WARNING, logger="preprocess"):
         out = prepare(archive, tmp_path / "out", resolution=32)

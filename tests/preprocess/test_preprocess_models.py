@@ -66,7 +66,7 @@ def test_clipseg_mask_shape_and_temperature(kit):
 
 
 def test_clipseg_in_prepare(tmp_path, kit):
-    archive = kit.make_zip(tmp_path / "in.zip", {"a.png": kit.png((80, 60), seed=1)})
+    archive = kit.make_zip(tmp_path / "in.zip", {"a.png": kit.png((80, 60), seed=1), "caption.csv": kit.caption_csv([("TOK", "a.png")])})
     out = prepare(archive, tmp_path / "out", resolution=32, mask_target_prompts="a toy, a dog")
     mask = Image.open(out / "masks" / "0000.png")
     assert (mask.mode, mask.size) == ("L", (32, 32))
@@ -89,10 +89,18 @@ def test_small_images_are_upscaled_before_resizing(tmp_path, kit, monkeypatch, c
         return out
 
     monkeypatch.setattr(Upscaler, "upscale", spy)
-    archive = kit.make_zip(tmp_path / "in.zip", {"small.png": kit.png((24, 30), seed=1), "big.png": kit.png((80, 72))})
+    archive = kit.make_zip(
+        tmp_path / "in.zip",
+        {
+            "small.png": kit.png((24, 30), seed=1),
+            "big.png": kit.png((80, 72)),
+            "caption.csv": kit.caption_csv([("TOK small", "small.png"), ("TOK big", "big.png")]),
+        },
+    )
     with caplog.at_level(logging.INFO, logger="preprocess"):
         out = prepare(archive, tmp_path / "out", resolution=64)
-    assert seen == [((24, 24), (96, 96))]  # only the small one, after its square crop
+    assert seen == [((24, 24), (96, 96))]  # rows: big.png then small.png  # only the small one, after its square crop
+    assert [r["caption"] for r in kit.read_rows(out)] == ["TOK big", "TOK small"]
     for name in ("0000.png", "0001.png"):
         assert Image.open(out / "images" / name).size == (64, 64)
     assert "Swin2SR" in caplog.text
