@@ -20,6 +20,7 @@ import json
 import mimetypes
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 # the formats the model returns, whatever the local mimetypes database says
+BUSY_RETRY_SECONDS = 60.0
 _EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "application/x-tar": ".tar"}
 
 
@@ -71,17 +73,20 @@ def run(base_url: str, inputs: dict[str, Any], train: bool = False, timeout: flo
     failed run (``error``).
     """
     endpoint = "/trainings" if train else "/predictions"
-    request = urllib.request.Request(
-        base_url.rstrip("/") + endpoint,
-        data=json.dumps({"input": inputs}).encode(),
-        headers={"Content-Type": "application/json", "Prefer": "wait"},  # a synchronous run: coglet answers at the end
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            result = json.load(response)
-    except urllib.error.HTTPError as exc:
-        raise PredictionError(_describe_refusal(exc)) from None
+    body = json.dumps({"input": inputs}).encode()
+    headers = {"Content-Type": "application/json", "Prefer": "wait"}  # synchronous: coglet answers at the end
+    deadline = time.monotonic() + BUSY_RETRY_SECONDS
+    while True:
+        request = urllib.request.Request(base_url.rstrip("/") + endpoint, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                result = json.load(response)
+            break
+        except urllib.error.HTTPError as exc:
+            # 409: every slot busy (another run, or the previous one still releasing its slot): retry
+            if exc.code != 409 or time.monotonic() > deadline:
+                raise PredictionError(_describe_refusal(exc)) from None
+            time.sleep(0.2)
     if result.get("status") != "succeeded":
         raise PredictionError(result.get("error") or f"status {result.get('status')}", result)
     return result
