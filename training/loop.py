@@ -186,6 +186,12 @@ def pivot(tokens: PivotalTokens, scheduler) -> None:
     scheduler.optimizer.param_groups[0]["lr"] = 0.0
 
 
+def batches(n: int, batch_size: int, rng: torch.Generator):
+    """Epoch after epoch of shuffled dataset indices, in batches (an epoch's last one may be smaller)."""
+    while True:
+        yield from torch.randperm(n, generator=rng).split(batch_size)
+
+
 def fit(state: TrainState, work_dir: Path, save_checkpoint=None) -> History:
     """Train for total_steps(cfg); ``save_checkpoint(dir, state)`` is called every checkpointing_steps."""
     from tqdm.auto import tqdm
@@ -193,7 +199,7 @@ def fit(state: TrainState, work_dir: Path, save_checkpoint=None) -> History:
     cfg, acc = state.cfg, state.accelerator
     n = len(state.data)
     steps = total_steps(cfg, n)
-    history = History(pivot_step=int(steps * cfg.pivot_fraction), total_steps=steps)
+    history = History(pivot_step=max(1, int(steps * cfg.pivot_fraction)), total_steps=steps)
     optimizer, scheduler = make_optimizer(state)
     rng = torch.Generator().manual_seed(cfg.seed)  # data order, noise and timesteps
     num_timesteps = state.noise_scheduler.config.num_train_timesteps
@@ -202,17 +208,14 @@ def fit(state: TrainState, work_dir: Path, save_checkpoint=None) -> History:
 
     state.tokens.start_training()
     state.unet.train()
-    order = torch.empty(0, dtype=torch.long)
+    data_order = batches(n, cfg.train_batch_size, rng)
     bar = tqdm(total=steps, desc="training", disable=not cfg.verbose)
     started = time.monotonic()
     for step in range(steps):
         if step == history.pivot_step:
             pivot(state.tokens, scheduler)
             log.info("step %d: pivot - the embeddings stop training", step)
-        if len(order) < cfg.train_batch_size:  # a new epoch: a fresh permutation
-            order = torch.cat([order, torch.randperm(n, generator=rng)])
-        indices, order = order[: min(cfg.train_batch_size, n)], order[min(cfg.train_batch_size, n):]
-
+        indices = next(data_order)
         latents_shape = (len(indices), *state.data.latents.shape[1:])
         noise = torch.randn(latents_shape, generator=rng).to(state.device)
         timesteps = torch.randint(0, num_timesteps, (len(indices),), generator=rng).to(state.device)
