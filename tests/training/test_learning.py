@@ -123,3 +123,26 @@ def test_exported_legacy_lora_reproduces_the_trained_unet(lora_run, base_dir):
         without = fresh(sample, t, encoder_hidden_states=hidden, added_cond_kwargs=cond).sample
     assert (expected - without).abs().max() > 1e-3  # the LoRA does something...
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)  # ...and the export carries it exactly
+
+
+def test_legacy_lora_means_weight_plus_up_times_down(lora_run, base_dir):
+    """The reference loader's semantics, with no converter: W' = W + up @ down (no alpha, scale 1)."""
+    state = lora_run[0]
+    legacy = export.legacy_lora_state_dict(state.unet)
+    merged = fresh_unet(base_dir)
+    modules = dict(merged.named_modules())
+    with torch.no_grad():
+        for key, down in legacy.items():
+            if ".down." not in key:
+                continue
+            processor, proj = re.match(r"^(.+)\.processor\.to_(q|k|v|out)_lora\.down\.weight$", key).groups()
+            linear = modules[f"{processor}.to_{proj}" + (".0" if proj == "out" else "")]
+            linear.weight += legacy[key.replace(".down.", ".up.")] @ down
+    g = torch.Generator().manual_seed(6)
+    sample, hidden = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 96, generator=g)
+    cond = {"text_embeds": torch.randn(1, 64, generator=g), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
+    state.unet.eval()
+    with torch.no_grad():
+        expected = state.unet(sample, torch.tensor([300]), encoder_hidden_states=hidden, added_cond_kwargs=cond).sample
+        got = merged(sample, torch.tensor([300]), encoder_hidden_states=hidden, added_cond_kwargs=cond).sample
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
