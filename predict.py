@@ -25,6 +25,8 @@ from weights.cache import WeightsCache
 SCHEDULER_NAMES = ["DDIM", "DPMSolverMultistep", "HeunDiscrete", "KarrasDPM", "K_EULER_ANCESTRAL", "K_EULER", "PNDM"]
 REFINE_NAMES = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
 OUTPUT_FORMAT_NAMES = ["png", "webp", "jpg"]
+# CLIP reads 77 tokens; longer prompts are cut by the tokenizer. This only stops absurd payloads.
+MAX_PROMPT_CHARS = 10_000
 
 log = logging.getLogger("predict")
 
@@ -103,6 +105,9 @@ class Predictor(BaseRunner):
     ) -> List[Path]:
         """Run a single prediction on the model."""
         # cheap checks and decoding first: bad input fails before any denoising
+        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if len(text) > MAX_PROMPT_CHARS:
+                raise ValueError(f"{name}: {len(text)} characters is over the limit of {MAX_PROMPT_CHARS}")
         width, height = multiple_of_8(width, "width"), multiple_of_8(height, "height")
         if refine_steps is not None and refine_steps < 1:
             raise ValueError(f"refine_steps: {refine_steps} is not allowed; use a positive number or leave it empty")

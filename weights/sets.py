@@ -171,11 +171,21 @@ def _build(dest: Path, make) -> Path:
 
 def _link_hf(ws: WeightSet, out: Path) -> None:
     """Lay out a Hugging Face snapshot (plus overlays, e.g. the fp16-fix VAE) as symlinks in ``out``."""
-    from huggingface_hub import snapshot_download
-
-    snapshot = Path(snapshot_download(ws.hf_repo, allow_patterns=list(ws.hf_patterns)))
+    snapshot = _snapshot(ws.hf_repo, ws.hf_patterns)
     for entry in snapshot.iterdir():
         if entry.name not in ws.hf_overlays:
             (out / entry.name).symlink_to(entry.resolve() if entry.is_file() else entry)
     for sub, repo in ws.hf_overlays.items():
-        (out / sub).symlink_to(Path(snapshot_download(repo, allow_patterns=list(ws.hf_patterns))))
+        (out / sub).symlink_to(_snapshot(repo, ws.hf_patterns))
+
+
+def _snapshot(repo: str, patterns: tuple[str, ...]) -> Path:
+    """A snapshot with safetensors weights; repos that publish only ``.bin`` files get those
+    (transformers/diffusers read them with ``weights_only=True``: no arbitrary unpickling)."""
+    from huggingface_hub import snapshot_download
+
+    snapshot = Path(snapshot_download(repo, allow_patterns=list(patterns)))
+    if not any(snapshot.rglob("*.safetensors")):
+        log.info("%s has no safetensors weights; fetching its .bin weights", repo)
+        snapshot = Path(snapshot_download(repo, allow_patterns=[*patterns, "*.bin"]))
+    return snapshot

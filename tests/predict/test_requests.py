@@ -133,3 +133,8 @@ def test_flagged_images_are_dropped_and_all_flagged_is_an_error(run, flag_everyt
 
 def test_safety_checker_passes_clean_images(run):
     assert len(run(num_outputs=3)) == 3
+
+
+def test_absurdly_long_prompt_is_refused_naming_the_input(run):
+    with pytest.raises(ValueError, match="^negative_prompt: 10001 characters is over the limit of 10000"):
+        run(negative_prompt="x" * 10_001)
