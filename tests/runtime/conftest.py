@@ -113,3 +113,9 @@ def shared_reference() -> Path:
     if not SHARED_REFERENCE.is_dir():
         pytest.skip("../shared/reference/cog not present beside the clone")
     return SHARED_REFERENCE
+
+
+@pytest.fixture(scope="session")
+def make_api():
+    """``make_api(base_url)`` -> :class:`Api`, for servers a test module starts itself."""
+    return Api
