@@ -86,7 +86,9 @@ def setup(cfg: TrainConfig, dataset_dir: Path, base_dir: Path | None = None, acc
     frozen_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
     set_seed(cfg.seed)
 
-    load = dict(variant="fp16", torch_dtype=frozen_dtype)
+    # The text encoders stay fp32 everywhere: their new embedding rows train in fp32, and a bf16
+    # encoder fed fp32 embeddings would mix dtypes. The frozen UNet of a LoRA run is bf16 on GPU.
+    load = dict(variant="fp16", torch_dtype=torch.float32)
     tokenizers = [CLIPTokenizer.from_pretrained(base_dir, subfolder=s) for s in ("tokenizer", "tokenizer_2")]
     text_encoders = [
         CLIPTextModel.from_pretrained(base_dir, subfolder="text_encoder", **load).to(device),
@@ -152,8 +154,9 @@ def loss_on(state: TrainState, indices: torch.Tensor, noise: torch.Tensor, times
         with torch.set_grad_enabled(torch.is_grad_enabled() and state.tokens.training):
             prompt_embeds, pooled = encode_prompts(state, captions)  # encode
         noisy = state.noise_scheduler.add_noise(latents, noise, timesteps)  # noise
-        pred = state.unet(noisy, timesteps, encoder_hidden_states=prompt_embeds,  # predict
-                          added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        dtype = state.unet.dtype
+        pred = state.unet(noisy.to(dtype), timesteps, encoder_hidden_states=prompt_embeds.to(dtype),  # predict
+                          added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}).sample
     if state.noise_scheduler.config.prediction_type == "v_prediction":
         target = state.noise_scheduler.get_velocity(latents, noise, timesteps)
     else:

@@ -50,7 +50,7 @@ class PivotalTokens:
                 raise ValueError(f"tokens {self.names} already exist in the tokenizer")
             encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
             embedding = token_embedding(encoder)
-            embedding.to(torch.float32)  # the trained rows live in fp32 whatever the encoder's dtype
+            embedding.to(torch.float32)  # the trained rows live in fp32
             ids = tokenizer.convert_tokens_to_ids(self.names)
             weight = embedding.weight
             with torch.no_grad():  # the reference's init: random rows with the vocabulary's spread

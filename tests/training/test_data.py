@@ -49,3 +49,26 @@ def test_verbose_controls_log_detail(prepared, tmp_path, small_config, caplog):
     detailed, quiet = step_lines(True), step_lines(False)
     assert len(detailed) == 4 and all(" lr " in line for line in detailed)
     assert len(quiet) == 1 and quiet[0].startswith("step 4/4")
+
+
+def test_the_gpu_precision_path_runs(prepared, tmp_path, small_config):
+    """bf16 mixed precision as on a GPU (here CPU autocast): frozen UNet bf16, trained weights fp32."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from training import export
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton
+    try:
+        state = loop.setup(small_config(max_train_steps=2), prepared,
+                           accelerator=Accelerator(mixed_precision="bf16", cpu=True))
+        assert state.unet.conv_in.weight.dtype == torch.bfloat16
+        trained = [p for p in state.unet.parameters() if p.requires_grad]
+        assert trained and all(p.dtype == torch.float32 for p in trained)
+        assert all(p.dtype == torch.float32 for p in state.tokens.parameters())
+        history = loop.fit(state, tmp_path)
+        assert all(torch.isfinite(torch.tensor(s.loss)) for s in history.steps)
+        export.save_weights(tmp_path / "out", state)
+        assert (tmp_path / "out" / "lora.safetensors").is_file()
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
