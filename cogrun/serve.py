@@ -195,10 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     mode = "train" if args.train else "predict"
-    if refresh_schema():
-        print(f"regenerated {SCHEMA_PATH.relative_to(REPO_ROOT)} (it was stale)", file=sys.stderr)
+    try:
+        if refresh_schema():
+            print(f"regenerated {SCHEMA_PATH.relative_to(REPO_ROOT)} (it was stale)", file=sys.stderr)
+        env = server_env(mode, args.port, weights=args.weights)
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     command = server_command(mode, host=args.host)
-    env = server_env(mode, args.port, weights=args.weights)
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, start_new_session=True)
 
     def forward(signum: int, _frame: object) -> None:  # coglet shuts down cleanly on SIGINT/SIGTERM

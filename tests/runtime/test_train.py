@@ -75,3 +75,4 @@ def test_trained_weights_at_setup_and_per_request(trained_tar: Path, make_api):
         assert [image.size for _, image in api.images(body["output"])] == [(64, 64)]
         # the same weights named per request (replicate_weights) work too
         api.predict_ok(prompt="a photo of TOK", replicate_weights=str(trained_tar))
+    assert health(base_url, timeout=0.5) is None, "running_server stops the server (and its worker) on exit"
