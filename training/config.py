@@ -6,6 +6,8 @@ import os
 import re
 from dataclasses import asdict, dataclass
 
+from .tokens import contains_word
+
 LR_SCHEDULERS = ("constant", "linear")
 FILETYPES = ("zip", "tar", "infer")
 
@@ -57,8 +59,6 @@ class TrainConfig:
                  f"must be one word without spaces, got {self.token_string!r}")
         _require(not re.fullmatch(r"<s\d+>", self.token_string), "token_string",
                  f"{self.token_string!r} collides with the new token names <s0>, <s1>, ...")
-        from .tokens import contains_word
-
         _require(contains_word(self.caption_prefix, self.token_string), "caption_prefix",
                  f"{self.caption_prefix!r} must contain token_string {self.token_string!r} as a whole word")
         _require(self.seed is None or 0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32), got {self.seed}")

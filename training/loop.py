@@ -68,6 +68,9 @@ def make_accelerator():
     from accelerate import Accelerator
 
     cuda = torch.cuda.is_available()
+    if cuda:  # as reproducible as CUDA gets (bitwise only on CPU: some CUDA kernels are not deterministic)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
     return Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
 
 

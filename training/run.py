@@ -27,15 +27,21 @@ def train_model(input_images: Path, cfg: TrainConfig, output_tar: Path | None = 
     chosen = cfg.seed is None
     cfg = cfg.with_seed()
     log.info("seed %d%s", cfg.seed, " (random: no seed given)" if chosen else "")
+    own_output_dir = None
     if output_tar is None:
-        output_tar = Path(tempfile.mkdtemp(prefix="sdxl-weights-")) / "trained_model.tar"
+        own_output_dir = Path(tempfile.mkdtemp(prefix="sdxl-weights-"))
+        output_tar = own_output_dir / "trained_model.tar"
 
     work_dir = Path(tempfile.mkdtemp(prefix="sdxl-train-"))
     try:
         dataset_dir = prepare_dataset(input_images, work_dir / "prepared", cfg)
         return train_on_prepared(dataset_dir, cfg, output_tar, work_dir / "out", base_dir=base_dir)
+    except BaseException:
+        if own_output_dir is not None:
+            shutil.rmtree(own_output_dir, ignore_errors=True)
+        raise
     finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        shutil.rmtree(work_dir, ignore_errors=True)  # prepared images, checkpoints: all in the tar now
 
 
 def prepare_dataset(input_images: Path, out_dir: Path, cfg: TrainConfig) -> Path:

@@ -97,3 +97,20 @@ def test_the_predictor_applies_the_tar(trained_tar, tmp_path):
     assert prompt == "a photo of <s0><s1>"
     after = draw(prompt)
     assert np.abs(after - before).max() > 1e-3
+
+
+def test_a_bad_archive_fails_cleanly(tmp_path, monkeypatch):
+    import tempfile
+
+    from preprocess import PreprocessError
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where train() puts its work and output
+    bogus = tmp_path / "photos.zip"
+    bogus.write_bytes(b"this is not an archive at all" * 10)
+    args = documented_defaults()
+    args.update(input_images=bogus, resolution=64, max_train_steps=1)
+    with pytest.raises(PreprocessError):
+        train_module.train(**args)
+    assert list(scratch.iterdir()) == []  # no work directory, no half-written tar
