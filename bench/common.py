@@ -1,0 +1,273 @@
+"""Shared bench machinery: arguments, timing (warm-up, repeats, median), peak memory, result rows, the table,
+and the GPU tuning each script applies with ``--device cuda``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--size", default="tiny", choices=["tiny", "full"])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    ap.add_argument("--compile", action="store_true", help="cuda: torch.compile the UNet and the VAE decoder")
+    ap.add_argument("--out", type=Path, default=None, help="write the result rows here as JSON")
+    return ap
+
+
+# ---------------------------------------------------------------- timing
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str = "cpu") -> tuple[float, object]:
+    sync(device)
+    t = time.perf_counter()
+    result = fn()
+    sync(device)
+    return time.perf_counter() - t, result
+
+
+def compare(fns: dict, *, warmup: int = 1, repeats: int = 5, device: str = "cpu") -> dict[str, float]:
+    """Median seconds of each function, run interleaved (a, b, a, b, ...) so drift hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device)[0])
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+# ---------------------------------------------------------------- memory
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def free_ram() -> int:
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def drop_page_cache() -> bool:
+    """Drop the page cache (needs root and a writable /proc/sys); False when the sandbox refuses."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+GB = 1e9
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class Row:
+    area: str
+    figure: str
+    ours: float | None  # seconds unless unit says otherwise
+    baseline: float | None
+    target: float | None = None  # on the ratio (or on ``ours`` when absolute)
+    unit: str = "s"
+    absolute: bool = False  # the target applies to ``ours`` itself, not the ratio
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.ours is None or not self.baseline:
+            return None
+        return self.ours / self.baseline
+
+    @property
+    def verdict(self) -> str:
+        value = self.ours if self.absolute else self.ratio
+        if self.target is None or value is None:
+            return ""
+        return "ok" if value <= self.target else f"MISS x{value / self.target:.2f}"
+
+
+def write_rows(rows: list[Row], out: Path | None) -> None:
+    if out is None:
+        print_table(rows)
+        return
+    out.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+
+
+def read_rows(path: Path) -> list[Row]:
+    return [Row(**r) for r in json.loads(path.read_text())]
+
+
+def _fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "s":
+        return f"{v * 1000:.1f} ms" if v < 1 else f"{v:.2f} s"
+    if unit == "B":
+        return f"{v / GB:.2f} GB"
+    return f"{v:.3g} {unit}".strip()
+
+
+def print_table(rows: list[Row], file=sys.stdout) -> None:
+    head = ("area", "figure", "ours", "baseline", "ratio", "target", "verdict", "note")
+    lines = []
+    for r in rows:
+        target = "" if r.target is None else (
+            f"<= {_fmt(r.target, r.unit)}" if r.absolute else f"<= {r.target:.2f}x")
+        lines.append((r.area, r.figure, _fmt(r.ours, r.unit), _fmt(r.baseline, r.unit),
+                      "" if r.ratio is None else f"{r.ratio:.3f}x", target, r.verdict, r.note))
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+    widths[-1] = 0
+    fmt = lambda cells: " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    print(fmt(head), file=file)
+    print("-|-".join("-" * max(w, 4) for w in widths), file=file)
+    for line in lines:
+        print(fmt(line), file=file)
+    file.flush()
+
+
+# ---------------------------------------------------------------- subprocesses
+
+
+def run_child(module: str, args: list[str], env: dict | None = None, timeout: float = 1800) -> tuple[list[Row], int]:
+    """Run ``python -m module args --out json`` in a fresh process; its rows, and its peak RSS in bytes."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = Path(f.name)
+    cmd = [sys.executable, "-m", module, *args, "--out", str(out)]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, timeout=timeout)
+    took = time.monotonic() - started
+    if proc.returncode != 0:
+        out.unlink(missing_ok=True)
+        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
+    rows = read_rows(out)
+    out.unlink(missing_ok=True)
+    print(f"[bench] {module} {' '.join(args)}: {took:.0f}s", file=sys.stderr, flush=True)
+    return rows, 0
+
+
+# ---------------------------------------------------------------- the predictor under bench
+
+
+def use_weights(size: str, refiner: bool = True) -> str:
+    """Set SDXL_WEIGHTS for ``size`` ("tiny" or "full", generating the full set once) and return it."""
+    if size == "tiny":
+        os.environ["SDXL_WEIGHTS"] = "tiny"
+    else:
+        from . import full_weights
+
+        os.environ["SDXL_WEIGHTS"] = str(full_weights.make(refiner=refiner, log=lambda m: print(m, file=sys.stderr)))
+    return os.environ["SDXL_WEIGHTS"]
+
+
+def cpu_dtype(size: str):
+    """On the CPU the predictor computes in fp32; full-size SDXL in fp32 (~14 GB for the base alone) does not fit
+    the bench's RAM budget, so full-size runs compute in bf16 (this CPU has avx512_bf16), ours and baseline alike."""
+    import torch
+
+    return torch.float32 if size == "tiny" else torch.bfloat16
+
+
+def force_dtype(dtype) -> None:
+    """Make sdxl.models.pick_device choose ``dtype`` on the CPU (a bench-only patch; the GPU keeps its choice)."""
+    import torch
+
+    import sdxl.models as models
+
+    original = models.pick_device
+
+    def pick_device():
+        device, chosen = original()
+        return (device, chosen) if device == "cuda" else ("cpu", dtype)
+
+    models.pick_device = pick_device
+    _ = torch
+
+
+def make_predictor(size: str, device: str, compile: bool = False, dtype=None):
+    """A set-up Predictor on ``size`` weights, tuned for ``device``; the predictor's logging quietened."""
+    import logging
+
+    if device == "cuda":
+        import torch
+
+        assert torch.cuda.is_available(), "--device cuda: no GPU visible"
+    else:
+        force_dtype(dtype or cpu_dtype(size))
+    from predict import Predictor
+
+    p = Predictor()
+    p.setup()
+    logging.getLogger().setLevel(logging.WARNING)
+    if device == "cuda":
+        tune_for_gpu(p.models, compile=compile)
+    return p
+
+
+def tune_for_gpu(models, *, compile: bool = False, fuse_qkv: bool = True) -> None:
+    """What a GPU wants: fp16 weights (the predictor already loads fp16 on CUDA), SDPA attention (flash /
+    memory-efficient kernels), channels_last UNets and VAE, fused QKV projections (not with a LoRA: peft wraps
+    to_q/to_k/to_v separately), TF32 matmuls, and optionally torch.compile of the UNets and the VAE decoder.
+    Everything is applied to the shared modules, so ours and the baseline pipelines get the same tuning."""
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    base, refiner = models.base, models.refiner
+    for unet in (base.unet, refiner.unet):
+        unet.set_attn_processor(AttnProcessor2_0())
+        unet.to(memory_format=torch.channels_last)
+    base.vae.set_attn_processor(AttnProcessor2_0())
+    base.vae.to(memory_format=torch.channels_last)
+    if fuse_qkv:
+        for unet in (base.unet, refiner.unet):
+            unet.fuse_qkv_projections()
+        base.vae.fuse_qkv_projections()
+    if compile:
+        compiled = {}
+        for pipe in (base, models.img2img, models.inpaint, refiner):  # base/img2img/inpaint share one UNet
+            key = id(pipe.unet)
+            if key not in compiled:
+                compiled[key] = torch.compile(pipe.unet, mode="max-autotune", fullgraph=True)
+            pipe.unet = compiled[key]
+        base.vae.decode = torch.compile(base.vae.decode, mode="max-autotune", fullgraph=True)

@@ -1,0 +1,192 @@
+"""Predict overhead: Predictor.predict() versus the plain diffusers pipeline call doing the same work.
+
+Both sides run on the same modules (the predictor's, so full-size weights are in memory once), the same
+settings and seed; the baseline is ``StableDiffusionXL*Pipeline.from_pipe(...)`` called directly with the
+same watermarker, plus saving the PNG files predict() returns. The safety checker is off in the compared
+call (plain SDXL pipelines have none) and timed separately. Images are checked equal.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import common
+from .common import Row
+
+REQUEST = dict(  # every predict() input, explicitly (the defaults in predict.py are cog Input objects)
+    prompt="An astronaut riding a rainbow unicorn",
+    negative_prompt="",
+    image=None,
+    mask=None,
+    width=64,
+    height=64,
+    num_outputs=1,
+    scheduler="K_EULER",
+    num_inference_steps=4,
+    guidance_scale=7.5,
+    prompt_strength=0.8,
+    seed=1234,
+    refine="no_refiner",
+    high_noise_frac=0.8,
+    refine_steps=None,
+    apply_watermark=True,
+    lora_scale=0.6,
+    replicate_weights=None,
+    disable_safety_checker=True,
+    output_format="png",
+    output_quality=80,
+)
+
+
+def make_inputs(directory: Path, size: int) -> dict[str, Path]:
+    y, x = np.mgrid[0:size, 0:size] * (256 / size)
+    rgb = np.stack([x, y, (x + y) / 2], axis=-1).astype(np.uint8)
+    q = size // 4
+    rgb[q : size - q, q : size - q] = (250, 40, 40)
+    Image.fromarray(rgb).save(directory / "image.png")
+    mask = np.zeros((size, size), np.uint8)
+    mask[q : size - q, q : size - q] = 255
+    Image.fromarray(mask).save(directory / "mask.png")
+    return {"image": directory / "image.png", "mask": directory / "mask.png"}
+
+
+class Baseline:
+    """Plain diffusers pipelines on the predictor's modules, called as the diffusers docs do."""
+
+    def __init__(self, models, watermarker):
+        from diffusers import (
+            StableDiffusionXLImg2ImgPipeline,
+            StableDiffusionXLInpaintPipeline,
+            StableDiffusionXLPipeline,
+        )
+
+        base = models.base
+        self.device = models.device
+        self.pipes = {
+            "txt2img": StableDiffusionXLPipeline.from_pipe(base),
+            "img2img": StableDiffusionXLImg2ImgPipeline.from_pipe(base),
+            "inpaint": StableDiffusionXLInpaintPipeline.from_pipe(base),
+        }
+        self.refiner = StableDiffusionXLImg2ImgPipeline.from_pipe(models.refiner)
+        for pipe in (*self.pipes.values(), self.refiner):
+            pipe.set_progress_bar_config(disable=True)
+        # schedulers as the weights shipped them (a plain user sets them once)
+        self.schedulers = {name: pipe.scheduler for name, pipe in self.pipes.items()}
+        self.watermarker = watermarker
+        self.out = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
+
+    def __call__(self, mode: str, r: dict) -> list[Path]:
+        pipe = self.pipes[mode]
+        refine = r["refine"]
+        pipe.watermark = self.watermarker if refine == "no_refiner" else None
+        args = dict(prompt=[r["prompt"]] * r["num_outputs"], negative_prompt=[r["negative_prompt"]] * r["num_outputs"],
+                    guidance_scale=r["guidance_scale"], num_inference_steps=r["num_inference_steps"],
+                    generator=torch.Generator(self.device).manual_seed(r["seed"]))
+        extra = {}
+        if mode != "txt2img":
+            extra.update(image=Image.open(r["image"]).convert("RGB"), strength=r["prompt_strength"])
+        if mode == "inpaint":
+            extra.update(mask_image=Image.open(r["mask"]).convert("L"), width=r["width"], height=r["height"])
+        if mode == "txt2img":
+            extra.update(width=r["width"], height=r["height"])
+        if refine == "expert_ensemble_refiner":
+            extra.update(output_type="latent", denoising_end=r["high_noise_frac"])
+        elif refine == "base_image_refiner":
+            extra.update(output_type="latent")
+        images = pipe(**args, **extra).images
+        if refine != "no_refiner":
+            self.refiner.watermark = self.watermarker
+            rk = {"image": images}
+            if refine == "expert_ensemble_refiner":
+                rk["denoising_start"] = r["high_noise_frac"]
+            images = self.refiner(**args, **rk).images
+        paths = []
+        for i, im in enumerate(images):
+            paths.append(self.out / f"out-{i}.png")
+            im.save(paths[-1], "PNG")
+        return paths
+
+
+def cases(size: str, has_refiner: bool) -> list[tuple[str, dict]]:
+    """(mode, request overrides) per measured case."""
+    if size == "tiny":
+        out = [("txt2img", dict(width=64, height=64)), ("txt2img", dict(width=256, height=256)),
+               ("img2img", dict(width=128, height=128)), ("inpaint", dict(width=128, height=128))]
+        refine = dict(width=128, height=128)
+    else:
+        out = [(m, dict(width=256, height=256, num_inference_steps=2)) for m in ("txt2img", "img2img", "inpaint")]
+        refine = dict(width=256, height=256, num_inference_steps=2)
+    if has_refiner:
+        out += [("txt2img", {**refine, "refine": "expert_ensemble_refiner", "high_noise_frac": 0.5}),
+                ("txt2img", {**refine, "refine": "base_image_refiner"})]
+    return out
+
+
+def run(p, size: str, device: str, quick: bool, has_refiner: bool = True) -> list[Row]:
+    from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLWatermarker
+
+    baseline = Baseline(p.models, p.watermarker)
+    if not isinstance(p.watermarker, StableDiffusionXLWatermarker):
+        raise RuntimeError("unexpected watermarker")
+    warmup, repeats = (1, 2) if size == "full" else ((1, 3) if quick else (2, 7))
+    inputs_dir = Path(tempfile.mkdtemp(prefix="bench-inputs-"))
+    rows = []
+    for mode, overrides in cases(size, has_refiner):
+        r = {**REQUEST, **overrides}
+        if mode != "txt2img":
+            r.update(make_inputs(inputs_dir, r["width"]))
+            if mode == "img2img":
+                r["mask"] = None
+        ours_paths = p.predict(**r)
+        base_paths = baseline(mode, r)
+        equal = all(np.array_equal(np.array(Image.open(a)), np.array(Image.open(b)))
+                    for a, b in zip(ours_paths, base_paths))
+        medians = common.compare({"ours": lambda: p.predict(**r), "baseline": lambda: baseline(mode, r)},
+                                 warmup=warmup, repeats=repeats, device=device)
+        label = mode if r["refine"] == "no_refiner" else r["refine"]
+        figure = f"{label} {r['width']}x{r['height']} {r['num_inference_steps']} steps"
+        target = 1.05 if size == "tiny" else 1.02
+        rows.append(Row(f"predict/{size}", figure, medians["ours"], medians["baseline"], target,
+                        note="images equal" if equal else "IMAGES DIFFER"))
+    # the safety checker, which plain SDXL pipelines do not have: what it adds to a request
+    r = {**REQUEST, **cases(size, False)[0][1]}
+    medians = common.compare({"ours": lambda: p.predict(**{**r, "disable_safety_checker": False}),
+                              "baseline": lambda: p.predict(**r)}, warmup=1, repeats=repeats, device=device)
+    checker = "tiny checker" if size == "tiny" or "safety" not in os.environ.get("SDXL_WEIGHTS", "") else ""
+    rows.append(Row(f"predict/{size}", "safety checker on vs off (info)", medians["ours"], medians["baseline"],
+                    note=f"{checker or 'tiny checker (the full-size set links the tiny one)'}"))
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = common.parser(__doc__.splitlines()[0])
+    ap.add_argument("--lora", action="store_true", help="then run the LoRA bench on the same predictor")
+    ap.add_argument("--no-refiner", action="store_true", help="full size: without the full-size refiner")
+    a = ap.parse_args(argv)
+    from . import full_weights
+
+    root = common.use_weights(a.size, refiner=not a.no_refiner)
+    has_refiner = a.size == "tiny" or full_weights.has_full_refiner(Path(root))
+    p = common.make_predictor(a.size, a.device, compile=a.compile)
+    rows = run(p, a.size, a.device, a.quick, has_refiner)
+    if not has_refiner:
+        rows.append(Row(f"predict/{a.size}", "refiner modes", None, None,
+                        note="skipped: the full-size refiner was not generated (RAM)"))
+    if a.lora:
+        from . import lora
+
+        rows += lora.run(p, a.size, a.device, a.quick)
+    rows.append(Row(f"predict/{a.size}", "process peak RSS (info)", common.peak_rss(), None, unit="B",
+                    note=f"dtype {p.models.dtype}, device {p.models.device}"))
+    common.write_rows(rows, a.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
