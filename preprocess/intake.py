@@ -4,12 +4,13 @@ Nothing is ever extracted by the archive's own paths: every wanted member is rea
 object and copied to ``staging/NNNNN`` (a name we choose), so absolute paths, ``..`` and links
 cannot place anything outside the work directory. Unsafe members (absolute or ``..`` paths,
 symbolic or hard links, device files) reject the whole archive, as do decompression bombs (too
-many members, too many bytes, an implausible compression ratio).
+many members or images, too many bytes, an implausible compression ratio).
 """
 
 from __future__ import annotations
 
 import logging
+import lzma
 import stat
 import tarfile
 import zipfile
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
 MAX_MEMBERS = 10_000
+MAX_IMAGES = 1_000  # decoded training images are kept in memory: this bounds it before any decoding
 MAX_MEMBER_BYTES = 256 * 1024**2
 MAX_TOTAL_BYTES = 4 * 1024**3
 MAX_RATIO = 100  # uncompressed / compressed; deflate of real images stays far below
@@ -71,7 +73,7 @@ def _is_tar(archive: Path) -> bool:
     try:
         with tarfile.open(archive, mode="r:*") as tar:
             return tar.next() is not None or archive.stat().st_size >= tarfile.BLOCKSIZE
-    except (tarfile.TarError, OSError, EOFError, zlib.error):
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError):
         return False
 
 
@@ -85,7 +87,9 @@ def read_archive(archive: Path, staging: Path, filetype: str = "infer") -> Intak
         reader(archive, staging, intake)
     except PreprocessError:
         raise
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError, RuntimeError) as e:
+    except UnicodeDecodeError as e:  # a zip member name flagged UTF-8 that is not
+        raise PreprocessError(f"input_images: {archive.name} has a member name that is not valid UTF-8 ({e})") from e
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError, RuntimeError) as e:
         raise PreprocessError(f"input_images: {archive.name} is a corrupt or truncated {kind} archive ({e})") from e
     intake.images.sort(key=lambda m: m.name)
     log.info("input_images: %d image(s) found in %s", len(intake.images), archive.name)
@@ -193,6 +197,8 @@ def _stage(archive: Path, name: str, src: BinaryIO, staging: Path, intake: Intak
             raise PreprocessError(f"input_images: caption csv {name!r} is not UTF-8 text ({e})") from e
         intake.caption_csv_name = name
         return
+    if len(intake.images) >= MAX_IMAGES:
+        raise PreprocessError(f"input_images: {archive.name} holds more than {MAX_IMAGES} images (MAX_IMAGES)")
     dest = staging / f"{len(intake.images):05d}"
     with dest.open("wb") as out:
         written = 0
