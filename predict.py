@@ -17,7 +17,7 @@ from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLW
 
 from weights.sets import REPO_ROOT
 from sdxl.finetune import FineTunes
-from sdxl.generate import Settings, generate, multiple_of_8
+from sdxl.generate import Settings, check_refine_steps, generate, multiple_of_8
 from sdxl.images import load_image, save_images
 from sdxl.models import load_all
 from weights.cache import WeightsCache
@@ -47,14 +47,14 @@ class Predictor(BaseRunner):
         self.out_dir: LocalPath | None = None
 
     def _read_weights(self, source: str, *, what: str):
-        return self.finetunes.read(self.cache.fetch(source, what=what), what=what, source=source)
+        return self.finetunes.read(self.finetunes.locate(source, self.cache, what=what), what=what, source=source)
 
     def predict(
         self,
         prompt: str = Input(description="Input prompt", default="An astronaut riding a rainbow unicorn"),
         negative_prompt: str = Input(description="Input Negative Prompt", default=""),
-        image: Path = Input(description="Input image for img2img or inpaint mode", default=None),
-        mask: Path = Input(
+        image: Optional[Path] = Input(description="Input image for img2img or inpaint mode", default=None),
+        mask: Optional[Path] = Input(
             description="Input mask for inpaint mode. Black areas will be preserved, white areas will be inpainted.",
             default=None,
         ),
@@ -70,12 +70,12 @@ class Predictor(BaseRunner):
             le=1.0,
             default=0.8,
         ),
-        seed: int = Input(description="Random seed. Leave blank to randomize the seed", default=None),
+        seed: Optional[int] = Input(description="Random seed. Leave blank to randomize the seed", default=None),
         refine: str = Input(description="Which refine style to use", choices=REFINE_NAMES, default="no_refiner"),
         high_noise_frac: float = Input(
             description="For expert_ensemble_refiner, the fraction of noise to use", default=0.8, le=1.0, ge=0.0
         ),
-        refine_steps: int = Input(
+        refine_steps: Optional[int] = Input(
             description="For base_image_refiner, the number of steps to refine, defaults to num_inference_steps",
             default=None,
         ),
@@ -86,7 +86,7 @@ class Predictor(BaseRunner):
         lora_scale: float = Input(
             description="LoRA additive scale. Only applicable on trained models.", ge=0.0, le=1.0, default=0.6
         ),
-        replicate_weights: str = Input(
+        replicate_weights: Optional[str] = Input(
             description="Replicate LoRA weights to use. Leave blank to use the default weights.", default=None
         ),
         disable_safety_checker: bool = Input(
@@ -111,6 +111,7 @@ class Predictor(BaseRunner):
         width, height = multiple_of_8(width, "width"), multiple_of_8(height, "height")
         if refine_steps is not None and refine_steps < 1:
             raise ValueError(f"refine_steps: {refine_steps} is not allowed; use a positive number or leave it empty")
+        check_refine_steps(refine, refine_steps, num_inference_steps)
         if mask is not None and image is None:
             raise ValueError("mask: a mask needs an image to inpaint; pass image as well")
         init_image = load_image(image, name="image") if image is not None else None

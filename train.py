@@ -6,6 +6,7 @@ The work is in the ``training`` package (``training.train_model``).
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 from cog import BaseModel, Input, Path
 
@@ -20,7 +21,7 @@ def train(
     input_images: Path = Input(
         description="A .zip or .tar file containing the image files that will be used for fine-tuning",
     ),
-    seed: int = Input(
+    seed: Optional[int] = Input(
         description="Random seed for reproducible training. Leave empty to use a random seed (it is logged)",
         default=None,
     ),
@@ -77,7 +78,7 @@ def train(
         description="Text which will be used as prefix during automatic captioning. Must contain the `token_string`. For example, if caption text is 'a photo of TOK', automatic captioning will expand to 'a photo of TOK under a bridge', 'a photo of TOK holding a cup', etc.",
         default="a photo of TOK",
     ),
-    mask_target_prompts: str = Input(
+    mask_target_prompts: Optional[str] = Input(
         description="Prompt that describes part of the image that you will find important. For example, if you are fine-tuning your pet, `photo of a dog` will be a good prompt. Prompt-based masking is used to focus the fine-tuning process on the important/salient parts of the image",
         default=None,
     ),

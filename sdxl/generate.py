@@ -18,6 +18,7 @@ from .schedulers import make_scheduler
 log = logging.getLogger(__name__)
 
 REFINE_MODES = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
+REFINER_STRENGTH = 0.3  # base_image_refiner: the refiner img2img's own default strength, as the reference ran it
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,18 @@ def multiple_of_8(value: int, name: str) -> int:
     if rounded != value:
         log.info("%s %d is not a multiple of 8: rounded down to %d", name, value, rounded)
     return rounded
+
+
+def check_refine_steps(refine: str, refine_steps: int | None, num_inference_steps: int) -> None:
+    """base_image_refiner runs int(steps * 0.3) refiner steps: refuse a count that gives none."""
+    if refine != "base_image_refiner":
+        return
+    steps, name = (refine_steps, "refine_steps") if refine_steps else (num_inference_steps, "num_inference_steps")
+    if int(steps * REFINER_STRENGTH) < 1:
+        raise ValueError(
+            f"{name}: base_image_refiner refines over {int(REFINER_STRENGTH * 100)}% of {steps} steps, "
+            f"which is no step at all; use at least {int(1 / REFINER_STRENGTH) + 1}"
+        )
 
 
 def generate(
@@ -104,6 +117,8 @@ def generate(
     refiner_kwargs = {"image": images}
     if s.refine == "expert_ensemble_refiner":
         refiner_kwargs["denoising_start"] = s.high_noise_frac
-    elif s.refine_steps:
-        common["num_inference_steps"] = s.refine_steps
+    else:
+        refiner_kwargs["strength"] = REFINER_STRENGTH
+        if s.refine_steps:
+            common["num_inference_steps"] = s.refine_steps
     return refiner(**common, **refiner_kwargs).images

@@ -138,3 +138,14 @@ def test_safety_checker_passes_clean_images(run):
 def test_absurdly_long_prompt_is_refused_naming_the_input(run):
     with pytest.raises(ValueError, match="^negative_prompt: 10001 characters is over the limit of 10000"):
         run(negative_prompt="x" * 10_001)
+
+
+@pytest.mark.parametrize("kw, name", [(dict(num_inference_steps=3), "num_inference_steps"), (dict(refine_steps=2), "refine_steps")])
+def test_base_image_refiner_with_too_few_steps_is_refused(run, kw, name):
+    with pytest.raises(ValueError, match=f"^{name}: base_image_refiner refines over 30% of"):
+        run(refine="base_image_refiner", **kw)
+
+
+@pytest.mark.parametrize("frac", [0.0, 0.05, 0.99, 1.0])
+def test_expert_ensemble_edge_fractions_run(run, frac):
+    assert run(refine="expert_ensemble_refiner", high_noise_frac=frac)[0].shape == (64, 64, 3)
