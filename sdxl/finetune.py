@@ -7,6 +7,12 @@ A trained tar holds:
 - ``embeddings.pti``: ``text_encoders_0`` [N, d1] and ``text_encoders_1`` [N, d2], rows of ``<s0>``..``<sN-1>``;
 - ``special_params.json``: e.g. ``{"TOK": "<s0><s1>"}``, substituted in prompts (whole words).
 
+Besides that tar, any SDXL LoRA is taken (see ``lora_formats``): a directory or tar holding a
+diffusers/peft or kohya ``.safetensors`` (e.g. ``pytorch_lora_weights.safetensors``, with
+``<name>_emb.safetensors`` embeddings), a single such file (CivitAI, a kohya training), or a Hugging
+Face repo id. The kind is told from the content; diffusers' own ``lora_state_dict`` converts it
+(kohya alphas become peft scales exactly as in ``load_lora_weights``).
+
 Everything is read and checked before the pipeline is touched; a failure (or cancellation) while
 applying rolls back to the base model. Unloading restores the base weights bitwise.
 """
@@ -20,10 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
+from diffusers.utils.state_dict_utils import (
+    convert_state_dict_to_diffusers,
+    convert_state_dict_to_peft,
+    convert_unet_state_dict_to_peft,
+)
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from . import lora_formats
+from .lora_formats import Header, Kind, classify, describe_non_safetensors, read_header
 from .models import Models
 
 log = logging.getLogger(__name__)
@@ -39,6 +51,10 @@ class WeightsError(ValueError):
 class TrainedWeights:
     source: str
     lora: dict[str, torch.Tensor] | None = None  # peft keys, no "unet." prefix
+    # any other LoRA (diffusers/peft/kohya) as read, for diffusers' own lora_state_dict to convert
+    foreign_lora: dict[str, torch.Tensor] | None = None
+    lora_metadata: dict | None = None  # diffusers' lora_adapter_metadata (LoraConfig of each part)
+    lora_kind: str = ""  # what was found, for the log
     unet: dict[str, torch.Tensor] | None = None
     embeddings: list[torch.Tensor] = field(default_factory=list)  # one [N, d] per text encoder
     token_map: dict[str, str] = field(default_factory=dict)
@@ -46,6 +62,10 @@ class TrainedWeights:
     @property
     def tokens(self) -> list[str]:
         return [f"<s{i}>" for i in range(self.embeddings[0].shape[0])] if self.embeddings else []
+
+    @property
+    def has_lora(self) -> bool:
+        return self.lora is not None or self.foreign_lora is not None
 
 
 def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -62,17 +82,171 @@ class BaseShapes:
     unet: dict[str, torch.Size]  # state-dict key -> shape
     linear: dict[str, tuple[int, int]]  # linear layer name -> (in_features, out_features)
     embedding_dims: tuple[int, int]  # of text_encoder, text_encoder_2
+    conv: dict[str, tuple[int, int]] = field(default_factory=dict)  # UNet conv layer -> (in, out) channels
+    text_linear: tuple[dict[str, tuple[int, int]], ...] = ()  # per text encoder, as ``linear``
+    unet_config: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, models: Models) -> "BaseShapes":
         unet = models.base.unet
+        encoders = (models.base.text_encoder, models.base.text_encoder_2)
         return cls(
             unet={k: v.shape for k, v in unet.state_dict().items()},
-            linear={n: (m.in_features, m.out_features) for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear)},
-            embedding_dims=tuple(
-                e.get_input_embeddings().embedding_dim for e in (models.base.text_encoder, models.base.text_encoder_2)
-            ),
+            linear=_linears(unet),
+            embedding_dims=tuple(e.get_input_embeddings().embedding_dim for e in encoders),
+            conv={n: (m.in_channels, m.out_channels) for n, m in unet.named_modules() if isinstance(m, torch.nn.Conv2d)},
+            text_linear=tuple(_linears(e) for e in encoders),
+            unet_config=dict(unet.config),
         )
+
+    @property
+    def cross_attention(self) -> int | None:
+        """The text width the UNet's cross-attention reads (2048 for SDXL)."""
+        return next((f[0] for n, f in self.linear.items() if n.endswith("attn2.to_k")), None)
+
+
+def _linears(module: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    return {n: (m.in_features, m.out_features) for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+ACCEPTED = ("expected a tar of trained weights, a .safetensors SDXL LoRA (diffusers/peft or kohya format) "
+            "or a Hugging Face repo id")
+
+
+def read_weights(path: Path, shapes: BaseShapes, *, what: str, source: str) -> TrainedWeights:
+    """Any accepted weights: a directory (an extracted tar, a Hugging Face snapshot) or one file."""
+    path = Path(path)
+    if path.is_dir():
+        names = {p.name for p in path.iterdir()}
+        if names & {"lora.safetensors", "unet.safetensors"}:
+            return read_trained_weights(path, shapes, what=what, source=source)
+        return read_lora_directory(path, shapes, what=what, source=source)
+    return read_lora_file(path, shapes, what=what, source=source)
+
+
+def read_lora_file(path: Path, shapes: BaseShapes, *, what: str, source: str) -> TrainedWeights:
+    """A single file: a LoRA ``.safetensors`` of any known kind; anything else is refused, saying what it is."""
+    header = read_header(path)
+    if header is None:
+        raise WeightsError(f"{what}: found {describe_non_safetensors(path)}; {ACCEPTED}")
+    kind = classify(header)
+    if not kind.is_lora:
+        if kind.name in ("sdxl-embedding", "reference-embedding"):
+            raise WeightsError(f"{what}: found {kind.description} but no LoRA; pass the trained tar (or a folder / "
+                               "Hugging Face repo) holding the LoRA, the embeddings and special_params.json")
+        raise WeightsError(f"{what}: found {kind.description}; {ACCEPTED}")
+    tw = TrainedWeights(source=source)
+    _read_lora_into(tw, path, header, kind, shapes, what)
+    return tw
+
+
+def read_lora_directory(directory: Path, shapes: BaseShapes, *, what: str, source: str) -> TrainedWeights:
+    """A folder without the reference files: one LoRA ``.safetensors`` (diffusers preferred over kohya, as
+    both are in our tars), optional ``<name>_emb.safetensors`` embeddings and ``special_params.json``."""
+    found: list[tuple[Path, Header, Kind]] = []
+    for p in sorted(directory.iterdir()):
+        if p.is_file() and p.name != "special_params.json":
+            header = read_header(p)
+            if header is not None:
+                found.append((p, header, classify(header)))
+    loras = [f for f in found if f[2].is_lora]
+    embeddings = [f for f in found if f[2].name in ("sdxl-embedding", "reference-embedding")]
+    if not loras and not embeddings:
+        seen = ", ".join(f"{p.name}: {k.description}" for p, _, k in found[:4])
+        raise WeightsError(
+            f"{what}: found {sorted(p.name for p in directory.iterdir())}" + (f" ({seen})" if seen else "")
+            + "; expected lora.safetensors or unet.safetensors (with embeddings.pti and special_params.json), "
+            "or a LoRA .safetensors (diffusers/peft or kohya format)"
+        )
+    tw = TrainedWeights(source=source)
+    if loras:
+        order = {"diffusers": 0, "peft": 1, "kohya": 2, "reference": 3}
+        p, header, kind = min(loras, key=lambda f: (order[f[2].name], f[0].name))
+        _read_lora_into(tw, p, header, kind, shapes, what)
+    if embeddings:
+        if len(embeddings) > 1:
+            raise WeightsError(f"{what}: found several embedding files ({', '.join(e[0].name for e in embeddings)}); "
+                               "expected one")
+        p, _, kind = embeddings[0]
+        tensors = _read_safetensors(p, what)
+        keys = ("clip_l", "clip_g") if kind.name == "sdxl-embedding" else ("text_encoders_0", "text_encoders_1")
+        tw.embeddings = _check_embeddings([tensors[k] for k in keys], keys, shapes, what, p.name)
+        tw.token_map = {p.stem: "".join(tw.tokens)}  # A1111 / ComfyUI name an embedding after its file
+    if (directory / "special_params.json").is_file():
+        tw.token_map = {**tw.token_map, **_read_token_map(directory / "special_params.json", what)}
+    return tw
+
+
+def _read_lora_into(tw: TrainedWeights, path: Path, header: Header, kind: Kind, shapes: BaseShapes, what: str) -> None:
+    label = f"{path.name} ({kind.description})" if path.name != "weights.bin" else kind.description
+    if kind.cross_attention is not None and shapes.cross_attention is not None \
+            and kind.cross_attention != shapes.cross_attention:
+        raise WeightsError(f"{what}: found {kind.description}; it does not fit this SDXL model, whose cross-attention "
+                           f"reads {shapes.cross_attention} features")
+    state = _read_safetensors(path, what)
+    tw.lora_kind = kind.description
+    if kind.name == "reference":
+        tw.lora = convert_unet_state_dict_to_peft(state)
+        _check_lora_fits(tw.lora, shapes, what, label=label)
+        return
+    if kind.name == "peft":
+        state = {f"unet.{k}": v for k, v in state.items()}
+    try:  # diffusers' own conversion, exactly what load_lora_weights will do
+        converted, _alphas = _lora_state_dict(state, shapes)
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise WeightsError(f"{what}: found {kind.description}, which diffusers cannot convert ({e})") from e
+    parts: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "text_encoder": {}, "text_encoder_2": {}}
+    for key, value in converted.items():
+        prefix, _, rest = key.partition(".")
+        if prefix not in parts:
+            raise WeightsError(f"{what}: found {kind.description}; {key!r} is not for the SDXL UNet or text encoders")
+        parts[prefix][rest] = value
+    if not parts["unet"] and not parts["text_encoder"] and not parts["text_encoder_2"]:
+        raise WeightsError(f"{what}: found {kind.description}, but it holds no LoRA weights")
+    if parts["unet"]:
+        _check_lora_fits(convert_unet_state_dict_to_peft(parts["unet"]), shapes, what, label=label)
+    for i, name in enumerate(("text_encoder", "text_encoder_2")):
+        if parts[name]:
+            te = convert_state_dict_to_peft(convert_state_dict_to_diffusers(parts[name]))
+            _check_lora_fits(te, shapes, what, label=label, linear=shapes.text_linear[i], conv={}, model=name)
+    tw.foreign_lora = state
+    raw = header.metadata.get(_LORA_METADATA_KEY)
+    if raw:
+        try:
+            tw.lora_metadata = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise WeightsError(f"{what}: found {kind.description} with unreadable {_LORA_METADATA_KEY} ({e})") from e
+
+
+_LORA_METADATA_KEY = "lora_adapter_metadata"
+
+
+def _lora_state_dict(state: dict[str, torch.Tensor], shapes: BaseShapes):
+    from diffusers import StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline.lora_state_dict(dict(state), unet_config=shapes.unet_config or None)
+
+
+def _check_embeddings(rows_per_encoder, keys, shapes: BaseShapes, what: str, file: str) -> list[torch.Tensor]:
+    out = []
+    for rows, key, dim in zip(rows_per_encoder, keys, shapes.embedding_dims):
+        if rows is None or rows.ndim != 2 or rows.shape[1] != dim:
+            got = None if rows is None else list(rows.shape)
+            raise WeightsError(f"{what}: {file} {key} must be [N, {dim}], got {got}")
+        out.append(rows)
+    if out[0].shape[0] != out[1].shape[0]:
+        raise WeightsError(f"{what}: {file} has different token counts for the two encoders")
+    return out
+
+
+def _read_token_map(path: Path, what: str) -> dict[str, str]:
+    try:
+        token_map = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{what}: special_params.json is not valid JSON ({e})") from e
+    if not isinstance(token_map, dict) or not all(isinstance(v, str) for v in token_map.values()):
+        raise WeightsError(f"{what}: special_params.json must map strings to strings, e.g. {{\"TOK\": \"<s0><s1>\"}}")
+    return token_map
 
 
 def read_trained_weights(directory: Path, shapes: BaseShapes, *, what: str, source: str) -> TrainedWeights:
@@ -97,38 +271,34 @@ def read_trained_weights(directory: Path, shapes: BaseShapes, *, what: str, sour
         )
     if "embeddings.pti" in names:
         emb = _read_safetensors(directory / "embeddings.pti", what)
-        for i, dim in enumerate(shapes.embedding_dims):
-            rows = emb.get(f"text_encoders_{i}")
-            if rows is None or rows.ndim != 2 or rows.shape[1] != dim:
-                got = None if rows is None else list(rows.shape)
-                raise WeightsError(f"{what}: embeddings.pti text_encoders_{i} must be [N, {dim}], got {got}")
-            tw.embeddings.append(rows)
-        if tw.embeddings[0].shape[0] != tw.embeddings[1].shape[0]:
-            raise WeightsError(f"{what}: embeddings.pti has different token counts for the two encoders")
+        keys = ("text_encoders_0", "text_encoders_1")
+        tw.embeddings = _check_embeddings([emb.get(k) for k in keys], keys, shapes, what, "embeddings.pti")
     if "special_params.json" in names:
-        try:
-            token_map = json.loads((directory / "special_params.json").read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise WeightsError(f"{what}: special_params.json is not valid JSON ({e})") from e
-        if not isinstance(token_map, dict) or not all(isinstance(v, str) for v in token_map.values()):
-            raise WeightsError(f"{what}: special_params.json must map strings to strings, e.g. {{\"TOK\": \"<s0><s1>\"}}")
-        tw.token_map = token_map
+        tw.token_map = _read_token_map(directory / "special_params.json", what)
     return tw
 
 
-def _check_lora_fits(lora: dict[str, torch.Tensor], shapes: BaseShapes, what: str) -> None:
+def _check_lora_fits(lora: dict[str, torch.Tensor], shapes: BaseShapes, what: str, *, label: str = "lora.safetensors",
+                     linear: dict | None = None, conv: dict | None = None, model: str = "UNet") -> None:
+    """Every peft key ``<layer>.lora_{A,B}.weight`` names a layer of the base model and fits its width
+    (linear: [r, in] / [out, r]; conv: [r, in, kh, kw] / [out, r, 1, 1])."""
+    linear = shapes.linear if linear is None else linear
+    conv = shapes.conv if conv is None else conv
     if not lora:
-        raise WeightsError(f"{what}: lora.safetensors holds no tensors")
+        raise WeightsError(f"{what}: {label} holds no tensors")
     for key, tensor in lora.items():
         module_name, _, kind = key.rpartition(".lora_")
-        features = shapes.linear.get(module_name)
-        if features is None or tensor.ndim != 2 or kind not in ("A.weight", "B.weight"):
-            raise WeightsError(f"{what}: lora.safetensors is not an SDXL UNet LoRA (unknown layer {key!r})")
+        features = linear.get(module_name)
+        ndim = 2
+        if features is None and module_name in conv:
+            features, ndim = conv[module_name], 4
+        if features is None or tensor.ndim != ndim or kind not in ("A.weight", "B.weight"):
+            raise WeightsError(f"{what}: {label} is not an SDXL {model} LoRA (unknown layer {key!r})")
         expected = features[0] if kind.startswith("A") else features[1]
         actual = tensor.shape[1] if kind.startswith("A") else tensor.shape[0]
         if expected != actual:
             raise WeightsError(
-                f"{what}: lora.safetensors does not fit this SDXL UNet ({key!r} has {actual} features, the layer {expected})"
+                f"{what}: {label} does not fit this SDXL {model} ({key!r} has {actual} features, the layer {expected})"
             )
 
 
@@ -150,10 +320,19 @@ class FineTunes:
 
     @property
     def is_lora(self) -> bool:
-        return self.active is not None and self.active.lora is not None
+        return self.active is not None and self.active.has_lora
 
-    def read(self, directory: Path, *, what: str, source: str) -> TrainedWeights:
-        return read_trained_weights(directory, self.shapes, what=what, source=source)
+    def locate(self, source: str, cache, *, what: str) -> Path:
+        """Where ``source`` is on disk: a Hugging Face repo id through huggingface_hub, anything else
+        (URL, path) through the weights ``cache``."""
+        repo = lora_formats.hf_repo_id(str(source))
+        if repo is not None:
+            return lora_formats.fetch_hf_repo(repo, what)
+        return cache.fetch(source, what=what)
+
+    def read(self, path: Path, *, what: str, source: str) -> TrainedWeights:
+        """Read and check ``path`` (a directory or a single file) without touching the pipeline."""
+        return read_weights(path, self.shapes, what=what, source=source)
 
     def prompt(self, text: str) -> str:
         return substitute_tokens(text, self.active.token_map) if self.active else text
@@ -171,13 +350,15 @@ class FineTunes:
             self.unload()
             raise
         self.active = tw
-        log.info("trained weights active: %s", tw.source)
+        log.info("trained weights active: %s%s", tw.source, f" ({tw.lora_kind})" if tw.lora_kind else "")
 
     def _load(self, tw: TrainedWeights) -> None:
         base = self.models.base
         if tw.lora is not None:
             lora = {f"unet.{k}": v.to(base.unet.dtype) for k, v in tw.lora.items()}
             base.load_lora_weights(lora, adapter_name=ADAPTER)
+        if tw.foreign_lora is not None:
+            self._load_foreign_lora(tw)
         if tw.unet is not None:
             params = dict(base.unet.named_parameters())
             params.update(dict(base.unet.named_buffers()))
@@ -192,13 +373,29 @@ class FineTunes:
                 list(rows.to(encoder.dtype)), token=tw.tokens, text_encoder=encoder, tokenizer=tokenizer
             )
 
+    def _load_foreign_lora(self, tw: TrainedWeights) -> None:
+        """As ``load_lora_weights`` does it (lora_state_dict, then UNet and both text encoders), plus the
+        adapter metadata of the file, which diffusers only reads when it opens the file itself."""
+        base = self.models.base
+        dtype = base.unet.dtype
+        state = {k: v.to(dtype) if v.is_floating_point() and not k.endswith(".alpha") else v
+                 for k, v in tw.foreign_lora.items()}
+        state, alphas = type(base).lora_state_dict(state, unet_config=base.unet.config)
+        base.load_lora_into_unet(state, network_alphas=alphas, unet=base.unet, adapter_name=ADAPTER,
+                                 metadata=tw.lora_metadata, _pipeline=base)
+        for prefix, encoder in (("text_encoder", base.text_encoder), ("text_encoder_2", base.text_encoder_2)):
+            base.load_lora_into_text_encoder(state, network_alphas=alphas, text_encoder=encoder, prefix=prefix,
+                                             lora_scale=base.lora_scale, adapter_name=ADAPTER,
+                                             metadata=tw.lora_metadata, _pipeline=base)
+
     def unload(self) -> None:
         """Back to the base model, bitwise."""
         tw, self.active = self.active, None
         if tw is None:
             return
         base = self.models.base
-        if ADAPTER in (base.unet.peft_config if getattr(base.unet, "peft_config", None) else {}):
+        if any(ADAPTER in (getattr(m, "peft_config", None) or {})
+               for m in (base.unet, base.text_encoder, base.text_encoder_2)):
             base.unload_lora_weights()
         if self._unet_backup:
             params = dict(base.unet.named_parameters())

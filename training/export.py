@@ -1,4 +1,9 @@
-"""The output: weights in the reference (replicate/cog-sdxl) format, checkpoints, the dataset, one tar."""
+"""The output: weights in the reference (replicate/cog-sdxl) format, checkpoints, the dataset, one tar.
+
+The final weights also come in the formats other tools read (``formats``: diffusers, kohya, SDXL
+embedding, README), beside the reference files, which stay exactly as the reference writes them.
+Checkpoints keep the reference files only.
+"""
 
 from __future__ import annotations
 
@@ -39,8 +44,14 @@ def legacy_lora_state_dict(unet) -> dict[str, torch.Tensor]:
     return {legacy_lora_key(k): v.detach().float().cpu().contiguous() for k, v in state.items()}
 
 
-def save_weights(out_dir: Path, state) -> Path:
-    """Write the trained weights of ``state`` (a loop.TrainState) into ``out_dir``."""
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def save_weights(out_dir: Path, state, *, interop: bool | None = None) -> Path:
+    """Write the trained weights of ``state`` (a loop.TrainState) into ``out_dir``.
+
+    ``interop``: also write the diffusers/kohya/embedding files and the README; by default yes, except
+    for checkpoints (``loop.fit`` saves them into ``checkpoints/checkpoint-N``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if state.cfg.is_lora:
@@ -51,6 +62,12 @@ def save_weights(out_dir: Path, state) -> Path:
         save_file(unet_state, out_dir / UNET_FILE)
     save_file(state.tokens.new_rows(), out_dir / EMBEDDINGS_FILE)
     (out_dir / SPECIAL_PARAMS_FILE).write_text(json.dumps(state.tokens.special_params()))
+    if interop is None:
+        interop = out_dir.parent.name != CHECKPOINTS_DIR
+    if interop:
+        from .formats import save_interop
+
+        save_interop(out_dir, state)
     return out_dir
 
 

@@ -1,0 +1,111 @@
+"""Fixtures of the interop tests: one tiny training (its tar, its files, the pre-interop reference
+files of the same state), a set-up predictor, the plain diffusers oracle."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import tarfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from helpers.oracle import DEFAULTS
+from PIL import Image
+
+RES = 64
+PLAIN = dict(prompt="a photo of a dog")  # no trigger word: only a LoRA changes this image
+
+
+def make_prepared(root: Path, n: int = 2) -> Path:
+    """A directory as preprocess.prepare writes it: images/, masks/, captions.csv."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    yy, xx = np.mgrid[0:RES, 0:RES] / RES
+    rows = []
+    for i in range(n):
+        img = np.stack([xx * 255, yy * 255, np.full_like(xx, 60 * i)], axis=-1)
+        img[((yy - 0.5) ** 2 + (xx - 0.5) ** 2) < (0.15 + 0.05 * i) ** 2] = [230, 40 * i, 90]
+        Image.fromarray(img.astype(np.uint8)).save(root / "images" / f"{i:04d}.png")
+        Image.fromarray(np.full((RES, RES), 255, np.uint8), mode="L").save(root / "masks" / f"{i:04d}.png")
+        rows.append({"image": f"images/{i:04d}.png", "mask": f"masks/{i:04d}.png", "caption": f"a photo of TOK {i}"})
+    with open(root / "captions.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "mask", "caption"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny LoRA training: its tar (as train_on_prepared writes it), the extracted files, and the
+    reference files the pre-interop writer makes from the same state."""
+    from interop.reference_export import save_weights as reference_save_weights
+
+    from training import TrainConfig, export, loop
+
+    root = tmp_path_factory.mktemp("trained")
+    prepared = make_prepared(root / "prepared")
+    cfg = TrainConfig(seed=0, resolution=RES, train_batch_size=2, max_train_steps=4, lora_rank=4, lr_warmup_steps=0,
+                      checkpointing_steps=1000, verbose=False, lora_lr=1e-2, ti_lr=1e-2).validate()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        state = loop.setup(cfg, prepared)
+        loop.fit(state, root / "work", save_checkpoint=export.save_weights)
+    finally:
+        torch.set_num_threads(threads)
+    work = root / "work"
+    export.save_weights(work, state)
+    export.copy_dataset(prepared, work / "dataset")
+    tar = export.write_tar(work, root / "trained_model.tar")
+    files = root / "files"
+    with tarfile.open(tar) as t:
+        t.extractall(files, filter="data")
+    reference = reference_save_weights(root / "reference", state)
+    return SimpleNamespace(tar=tar, files=files, reference=reference, cfg=cfg,
+                           rank=cfg.lora_rank, tokens=state.tokens.names)
+
+
+@pytest.fixture(scope="session")
+def predictor():
+    from predict import Predictor
+
+    p = Predictor()
+    p.setup()
+    return p
+
+
+@pytest.fixture(scope="session")
+def run(predictor):
+    def _run(**overrides):
+        paths = predictor.predict(**{**DEFAULTS, **overrides})
+        return [np.array(Image.open(p)) for p in paths]
+
+    return _run
+
+
+@pytest.fixture(scope="session")
+def base_image(run):
+    return run(**PLAIN)[0]
+
+
+@pytest.fixture(scope="session")
+def oracle():
+    from helpers.oracle import Oracle
+
+    return Oracle(watermark=True)
+
+
+@pytest.fixture
+def single(tmp_path):
+    """Copy one file to a name that says nothing about its content (detection must not use names)."""
+
+    def _single(src: Path, name: str = "weights") -> Path:
+        dst = tmp_path / name
+        shutil.copyfile(src, dst)
+        return dst
+
+    return _single
