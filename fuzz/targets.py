@@ -149,7 +149,7 @@ def image_bytes(draw) -> bytes:
 
 
 def predict_image(data: bytes, mode: str = "RGB") -> None:
-    from sdxl.images import MAX_INPUT_PIXELS, InputImageError, load_image
+    from sdxl.images import MAX_INPUT_PIXELS, MIN_INPUT_SIDE, InputImageError, load_image
 
     with _scratch() as root:
         path = root / "upload"
@@ -163,7 +163,7 @@ def predict_image(data: bytes, mode: str = "RGB") -> None:
             return
         except Exception as e:
             raise Finding(f"sdxl.images.load_image raised {type(e).__name__}: {e}") from e
-        if img.mode != mode or img.width * img.height > MAX_INPUT_PIXELS or min(img.size) < 1:
+        if img.mode != mode or img.width * img.height > MAX_INPUT_PIXELS or min(img.size) < MIN_INPUT_SIDE:
             raise Finding(f"load_image returned mode {img.mode} size {img.size}")
 
 

@@ -11,6 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 log = logging.getLogger(__name__)
 
 MAX_INPUT_PIXELS = 4096 * 4096  # decoding anything larger is refused before it is decoded
+MIN_INPUT_SIDE = 8  # the VAE works on multiples of 8: smaller sides would round to nothing
 OUTPUT_FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}
 
 
@@ -29,6 +30,11 @@ def load_image(path: Path, *, name: str, mode: str = "RGB") -> Image.Image:
                         f"{name}: {img.width}x{img.height} pixels is larger than the limit of "
                         f"{MAX_INPUT_PIXELS} pixels (4096x4096)"
                     )
+                if min(img.size) < MIN_INPUT_SIDE:
+                    raise InputImageError(
+                        f"{name}: {img.width}x{img.height} pixels is too small; use at least "
+                        f"{MIN_INPUT_SIDE}x{MIN_INPUT_SIDE}"
+                    )
                 img.seek(0)  # first frame of an animation
                 img.load()
                 upright = ImageOps.exif_transpose(img)
@@ -45,7 +51,8 @@ def load_image(path: Path, *, name: str, mode: str = "RGB") -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputImageError(f"{name}: the image is larger than the limit of {MAX_INPUT_PIXELS} pixels (4096x4096) ({e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise InputImageError(f"{name}: the file could not be read as an image ({type(e).__name__}: {e})") from e
+        detail = str(e).replace(str(path), "the upload")  # the server's temporary path is nobody's business
+        raise InputImageError(f"{name}: the file could not be read as an image ({type(e).__name__}: {detail})") from e
 
 
 def save_images(images: list[Image.Image], out_dir: Path, output_format: str, output_quality: int) -> list[Path]:
