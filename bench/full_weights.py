@@ -216,6 +216,19 @@ def make(root: Path | None = None, refiner: bool = True, log=print) -> Path:
     return root
 
 
+def without_refiner(root: Path) -> Path:
+    """A sibling directory with the same full-size base and the TINY refiner (setup() always loads a refiner):
+    for the figures that do not need the refiner, in half the memory."""
+    root = Path(root)
+    alt = root.parent / (root.name + "-tiny-refiner")
+    alt.mkdir(exist_ok=True)
+    for name, target in (("sdxl-base", root / "sdxl-base"), ("safety-checker", root / "safety-checker"),
+                         ("sdxl-refiner", _tiny_dir("sdxl-refiner"))):
+        if not (alt / name).exists():
+            (alt / name).symlink_to(target.resolve(), target_is_directory=True)
+    return alt
+
+
 def has_full_refiner(root: Path) -> bool:
     return (Path(root) / "sdxl-refiner" / ".done").exists()
 
