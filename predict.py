@@ -27,6 +27,8 @@ REFINE_NAMES = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
 OUTPUT_FORMAT_NAMES = ["png", "webp", "jpg"]
 # CLIP reads 77 tokens; longer prompts are cut by the tokenizer. This only stops absurd payloads.
 MAX_PROMPT_CHARS = 10_000
+MAX_SIDE = 4096  # width/height: 16x the pixels SDXL was trained at is already far past useful
+MAX_REFINE_STEPS = 500  # as num_inference_steps
 
 log = logging.getLogger("predict")
 
@@ -108,7 +110,12 @@ class Predictor(BaseRunner):
         for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
             if len(text) > MAX_PROMPT_CHARS:
                 raise ValueError(f"{name}: {len(text)} characters is over the limit of {MAX_PROMPT_CHARS}")
+        for name, value in (("width", width), ("height", height)):
+            if value > MAX_SIDE:
+                raise ValueError(f"{name}: {value} is over the limit of {MAX_SIDE}")
         width, height = multiple_of_8(width, "width"), multiple_of_8(height, "height")
+        if refine_steps is not None and refine_steps > MAX_REFINE_STEPS:
+            raise ValueError(f"refine_steps: {refine_steps} is over the limit of {MAX_REFINE_STEPS}")
         if refine_steps is not None and refine_steps < 1:
             raise ValueError(f"refine_steps: {refine_steps} is not allowed; use a positive number or leave it empty")
         check_refine_steps(refine, refine_steps, num_inference_steps)

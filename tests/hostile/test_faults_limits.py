@@ -239,15 +239,12 @@ def test_input_image_limit_is_checked_from_the_header(predictor, no_generation, 
         _predict(predictor, image=tmp_path / "big.png")
 
 
-@pytest.mark.xfail(strict=True, reason="predict.py has no maximum for width/height: 100000x100000 reaches the "
-                                       "pipeline (hours of CPU or an out-of-memory kill on a GPU)")
 @pytest.mark.parametrize("size", [{"width": 100_000}, {"height": 100_000}, {"width": 8192, "height": 8192}])
 def test_output_size_has_a_maximum(predictor, no_generation, size):
     with pytest.raises(ValueError, match=r"^(width|height): .*(limit|at most)"):
         _predict(predictor, **size)
 
 
-@pytest.mark.xfail(strict=True, reason="predict.py has no maximum for refine_steps (num_inference_steps has le=500)")
 def test_refine_steps_has_a_maximum(predictor, no_generation):
     with pytest.raises(ValueError, match=r"refine_steps: .*(limit|at most)"):
         _predict(predictor, refine="base_image_refiner", refine_steps=10**9)
