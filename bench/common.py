@@ -301,8 +301,7 @@ def rss_guard(limit_bytes: float | None = None) -> None:
 
     def watch():
         while True:
-            info = proc.memory_info()
-            used = info.rss - info.shared  # anonymous memory: file-backed pages (mmap'd weights) are reclaimable
+            used = _rss_anon()  # anonymous memory: file-backed pages (mmap'd weights) are reclaimable
             if used > limit:
                 print(f"[bench] RSS {used / GB:.1f} GB passed the limit of {limit / GB:.1f} GB: exiting",
                       file=sys.stderr, flush=True)
@@ -310,3 +309,11 @@ def rss_guard(limit_bytes: float | None = None) -> None:
             time.sleep(0.05)
 
     threading.Thread(target=watch, daemon=True, name="rss-guard").start()
+
+
+def _rss_anon() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return rss()

@@ -69,12 +69,14 @@ class Baseline:
 
         base = models.base
         self.device = models.device
+        # dtype given: diffusers 0.42's from_pipe otherwise casts the shared modules to fp32 (finding 1)
+        dt = dict(dtype=base.unet.dtype)
         self.pipes = {
-            "txt2img": StableDiffusionXLPipeline.from_pipe(base),
-            "img2img": StableDiffusionXLImg2ImgPipeline.from_pipe(base),
-            "inpaint": StableDiffusionXLInpaintPipeline.from_pipe(base),
+            "txt2img": StableDiffusionXLPipeline.from_pipe(base, **dt),
+            "img2img": StableDiffusionXLImg2ImgPipeline.from_pipe(base, **dt),
+            "inpaint": StableDiffusionXLInpaintPipeline.from_pipe(base, **dt),
         }
-        self.refiner = StableDiffusionXLImg2ImgPipeline.from_pipe(models.refiner)
+        self.refiner = StableDiffusionXLImg2ImgPipeline.from_pipe(models.refiner, **dt)
         for pipe in (*self.pipes.values(), self.refiner):
             pipe.set_progress_bar_config(disable=True)
         # schedulers as the weights shipped them (a plain user sets them once)
