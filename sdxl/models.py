@@ -80,8 +80,10 @@ def load_refiner(directory: Path, base: StableDiffusionXLPipeline) -> StableDiff
     return refiner.to(base.device)
 
 
-def load_all() -> Models:
-    device, dtype = pick_device()
+def load_all(device: str | None = None, dtype: torch.dtype | None = None) -> Models:
+    """Everything the predictor needs, once; ``device``/``dtype`` default to :func:`pick_device`."""
+    if device is None or dtype is None:
+        device, dtype = pick_device()
     start = time.monotonic()
     base = load_base(weights.resolve("sdxl-base"), device, dtype)
     refiner = load_refiner(weights.resolve("sdxl-refiner"), base)
@@ -90,8 +92,9 @@ def load_all() -> Models:
         device=device,
         dtype=dtype,
         base=base,
-        img2img=StableDiffusionXLImg2ImgPipeline.from_pipe(base),
-        inpaint=StableDiffusionXLInpaintPipeline.from_pipe(base),
+        # from_pipe converts the modules it shares to ``dtype`` (fp32 when not given): pass ours
+        img2img=StableDiffusionXLImg2ImgPipeline.from_pipe(base, dtype=dtype),
+        inpaint=StableDiffusionXLInpaintPipeline.from_pipe(base, dtype=dtype),
         refiner=refiner,
         safety=safety,
         scheduler_config=base.scheduler.config,

@@ -149,3 +149,21 @@ def test_base_image_refiner_with_too_few_steps_is_refused(run, kw, name):
 @pytest.mark.parametrize("frac", [0.0, 0.05, 0.99, 1.0])
 def test_expert_ensemble_edge_fractions_run(run, frac):
     assert run(refine="expert_ensemble_refiner", high_noise_frac=frac)[0].shape == (64, 64, 3)
+
+
+def test_one_copy_of_each_module_in_the_runtime_dtype():
+    """Pipelines share modules (no copies) and keep the half precision a GPU loads them in.
+
+    bf16 on the CPU stands in for the GPU's fp16: diffusers' from_pipe silently converts shared
+    modules to fp32 unless told the dtype, which doubled the GPU memory once.
+    """
+    from sdxl.models import load_all
+
+    m = load_all("cpu", torch.bfloat16)
+    for pipe in (m.img2img, m.inpaint):
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+            assert getattr(pipe, name) is getattr(m.base, name), name
+    assert m.refiner.vae is m.base.vae and m.refiner.text_encoder_2 is m.base.text_encoder_2
+    assert m.refiner.tokenizer_2 is m.base.tokenizer_2
+    modules = [m.base.unet, m.base.vae, m.base.text_encoder, m.base.text_encoder_2, m.refiner.unet, m.safety.model]
+    assert all(p.dtype == torch.bfloat16 for module in modules for p in module.parameters())
