@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 MAX_MEMBERS = 10_000
@@ -15,12 +16,16 @@ class ArchiveError(ValueError):
     """An archive that cannot be used; the message says why."""
 
 
-def extract_tar(archive: Path, dest: Path, *, what: str = "weights") -> Path:
+def extract_tar(archive: Path, dest: Path, *, what: str = "weights",
+                before_extract: Callable[[int], None] | None = None) -> Path:
     """Extract ``archive`` into the new directory ``dest`` atomically.
 
     Uses tarfile's ``data`` filter (no absolute paths, no ``..``, no links pointing out, no
-    device files) and checks member count and total size first. ``dest`` appears only once
-    extraction succeeded.
+    device files) and checks member count and total size first: the total is the members' declared
+    sizes, read from every header (a compressed tar is decompressed to find them), and tarfile writes
+    exactly the declared size of each member, so a compression bomb is refused before anything is
+    written. It must stay under MAX_UNPACKED_BYTES and under the disk's free space (after
+    ``before_extract(total)``, where a cache makes room). ``dest`` appears only once extraction succeeded.
     """
     try:
         tar = tarfile.open(archive)  # transparent gzip/bz2/xz
@@ -35,8 +40,15 @@ def extract_tar(archive: Path, dest: Path, *, what: str = "weights") -> Path:
             raise ArchiveError(f"{what}: {archive.name} has {len(members)} members; at most {MAX_MEMBERS} are accepted")
         total = sum(m.size for m in members if m.isfile())
         if total > MAX_UNPACKED_BYTES:
-            raise ArchiveError(f"{what}: {archive.name} unpacks to {total} bytes; at most {MAX_UNPACKED_BYTES} are accepted")
+            raise ArchiveError(f"{what}: {archive.name} unpacks to {total} bytes; at most {MAX_UNPACKED_BYTES} are accepted"
+                               " (MAX_UNPACKED_BYTES)")
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if before_extract is not None:
+            before_extract(total)
+        free = shutil.disk_usage(dest.parent).free
+        if total > free:
+            raise ArchiveError(f"{what}: {archive.name} unpacks to {total} bytes; only {free} bytes are free on the disk"
+                               f" of {dest.parent}")
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
             tar.extractall(tmp, filter="data")
