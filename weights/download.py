@@ -194,6 +194,13 @@ def _is_disk_full(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+class _Arrived:
+    """A response whose ``read(n)`` returns what has arrived (up to n bytes) instead of waiting for all n."""
+
+    def __init__(self, response):
+        self.read = response.read1
+
+
 class _Writer:
     """A file-like sink for shutil.copyfileobj: pwrites at a position and counts progress."""
 
@@ -309,8 +316,9 @@ class _Download:
             self.stop.set()  # on success a no-op; on failure or cancellation the workers stop at their next read
             if response is not None:
                 response.close()
-            for t in threads:  # workers own their file descriptors: never wait long for a stalled one
-                t.join(timeout=0.5)
+            deadline = time.monotonic() + 0.5  # workers own their file descriptors: never wait long for stalled ones
+            for t in threads:
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
         if self.error is not None:
             raise self.error
         if self.total is not None and self.done != self.total:
@@ -381,6 +389,8 @@ class _Download:
     def _ranged_worker(self, chunk, response) -> None:
         fd = os.open(self.tmp, os.O_WRONLY)
         try:
+            if chunk is None:
+                chunk = self._next_chunk()
             while chunk is not None:
                 self._fetch_chunk(fd, *chunk, response)
                 response = None
@@ -408,7 +418,7 @@ class _Download:
                     while pos < end:
                         if self.stop.is_set():
                             raise _Stopped()
-                        data = response.read(min(READ_SIZE, end - pos))
+                        data = response.read1(min(READ_SIZE, end - pos))  # what has arrived: progress shows
                         if not data:
                             break
                         _pwrite_all(fd, data, pos)
@@ -442,7 +452,7 @@ class _Download:
                         if response.status != 200:
                             raise _Retry(f"unexpected answer {response.status}")
                     with response:
-                        shutil.copyfileobj(response, writer, READ_SIZE)
+                        shutil.copyfileobj(_Arrived(response), writer, READ_SIZE)
                     response = None
                     if self.total is not None and writer.pos != self.total:
                         raise _Retry(f"got {writer.pos} of {self.total} bytes")
