@@ -57,12 +57,8 @@ def plain(root: Path):
     return [base.unet, base.vae, base.text_encoder, base.text_encoder_2, refiner_unet, safety]
 
 
-def ours(fixes: bool = False):
+def ours():
     common.force_dtype(torch.float16)
-    if fixes:
-        from . import fixes as proposed
-
-        proposed.apply()
     from predict import Predictor
 
     p = Predictor()
@@ -71,7 +67,7 @@ def ours(fixes: bool = False):
     return [m.base.unet, m.base.vae, m.base.text_encoder, m.base.text_encoder_2, m.refiner.unet, m.safety.model]
 
 
-def child(what: str, root: Path, fixes: bool = False) -> dict:
+def child(what: str, root: Path) -> dict:
     common.rss_guard()
     # libraries imported before the cache is dropped: the figure is the weights, not python's imports
     import diffusers  # noqa: F401
@@ -84,11 +80,14 @@ def child(what: str, root: Path, fixes: bool = False) -> dict:
     if what == "read":
         read_bytes(root)
     else:
-        touch(plain(root) if what == "plain" else ours(fixes))
-    return {"seconds": time.perf_counter() - start, "peak_rss": common.peak_rss(), "dropped": dropped}
+        modules = plain(root) if what == "plain" else ours()
+        touch(modules)
+    seconds = time.perf_counter() - start
+    dtype = "" if what == "read" else str(modules[0].dtype).replace("torch.", "")  # the base UNet's, after loading
+    return {"seconds": seconds, "peak_rss": common.peak_rss(), "dropped": dropped, "unet_dtype": dtype}
 
 
-def run(size: str, quick: bool, fixes: bool = False) -> list[Row]:
+def run(size: str, quick: bool) -> list[Row]:
     import json
     import subprocess
 
@@ -108,8 +107,7 @@ def run(size: str, quick: bool, fixes: bool = False) -> list[Row]:
     for what in ("read", "plain", "setup"):
         best = None
         for _ in range(repeats):
-            out = subprocess.run([sys.executable, "-m", "bench.cold_start", "--child", what, "--root", str(root),
-                                  *(["--fixes"] if fixes else [])],
+            out = subprocess.run([sys.executable, "-m", "bench.cold_start", "--child", what, "--root", str(root)],
                                  cwd=common.REPO, capture_output=True, text=True, env={**os.environ})
             if out.returncode != 0:
                 raise RuntimeError(f"cold_start --child {what} failed:\n{out.stderr[-3000:]}")
@@ -123,7 +121,8 @@ def run(size: str, quick: bool, fixes: bool = False) -> list[Row]:
     return [
         Row(area, "read the weight bytes", read_s, None, note=f"{nbytes / common.GB:.2f} GB, {cache}, "
             f"{nbytes / read_s / common.GB:.2f} GB/s"),
-        Row(area, "setup() vs disk read", results["setup"]["seconds"], read_s, target=1.3 if full else None, note="fp16, weights touched"),
+        Row(area, "setup() vs disk read", results["setup"]["seconds"], read_s, target=1.3 if full else None,
+            note=f"fp16 files, base UNet {results['setup']['unet_dtype']} after setup, weights touched"),
         Row(area, "plain from_pretrained vs disk read", results["plain"]["seconds"], read_s, note="fp16, weights touched"),
         Row(area, "setup() vs plain from_pretrained", results["setup"]["seconds"], results["plain"]["seconds"]),
         Row(area, "setup() peak RSS vs weight bytes", results["setup"]["peak_rss"], nbytes, target=1.15 if full else None, unit="B",
@@ -153,13 +152,13 @@ def main(argv=None) -> None:
         import json
 
         os.environ["SDXL_WEIGHTS"] = str(a.root)
-        print(json.dumps(child(a.child, a.root, a.fixes)))
+        print(json.dumps(child(a.child, a.root)))
         return
     if a.device == "cuda":
         print("cold_start: --device cuda measures the same loads (fp16 is the GPU dtype); the .to('cuda') copy is in "
               "setup() and not in the disk-read figure", file=sys.stderr)
     common.use_weights(a.size)
-    common.write_rows(run(a.size, a.quick, a.fixes), a.out)
+    common.write_rows(run(a.size, a.quick), a.out)
 
 
 if __name__ == "__main__":

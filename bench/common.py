@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# the baselines are the tests' own helpers (tests/helpers/oracle.py, reference_tars.py): one copy of that code
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
 
 
 # ---------------------------------------------------------------- arguments
@@ -26,7 +29,6 @@ def parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--size", default="tiny", choices=["tiny", "full"])
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
     ap.add_argument("--compile", action="store_true", help="cuda: torch.compile the UNet and the VAE decoder")
-    ap.add_argument("--fixes", action="store_true", help="apply bench/fixes.py (the proposed fixes) first")
     ap.add_argument("--out", type=Path, default=None, help="write the result rows here as JSON")
     return ap
 
@@ -224,7 +226,7 @@ def force_dtype(dtype) -> None:
     _ = torch
 
 
-def make_predictor(size: str, device: str, compile: bool = False, fixes: bool = False):
+def make_predictor(size: str, device: str, compile: bool = False):
     """A set-up Predictor on ``size`` weights, tuned for ``device``; the predictor's logging quietened.
 
     Full size on the CPU: setup() loads the fp16 files as fp16 (as on a GPU: no conversion, so no 2x transient),
@@ -238,10 +240,6 @@ def make_predictor(size: str, device: str, compile: bool = False, fixes: bool = 
         assert torch.cuda.is_available(), "--device cuda: no GPU visible"
     else:
         force_dtype(torch.float32 if size == "tiny" else torch.float16)
-    if fixes:
-        from . import fixes as proposed
-
-        proposed.apply()
     from predict import Predictor
 
     p = Predictor()

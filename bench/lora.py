@@ -23,7 +23,6 @@ RANK = {"tiny": 4, "full": 32}
 
 
 def _reference_lora_tar():
-    sys.path.insert(0, str(common.REPO / "tests"))
     from helpers.reference_tars import reference_lora_tar
 
     return reference_lora_tar
@@ -126,7 +125,7 @@ def run(p, size: str, device: str, quick: bool) -> list[Row]:
 def main(argv=None) -> None:
     a = common.parser(__doc__.splitlines()[0]).parse_args(argv)
     common.use_weights(a.size)
-    p = common.make_predictor(a.size, a.device, compile=False, fixes=a.fixes)  # compiled/fused modules and peft do not mix
+    p = common.make_predictor(a.size, a.device, compile=False)  # compiled/fused modules and peft do not mix
     common.write_rows(run(p, a.size, a.device, a.quick), a.out)
 
 

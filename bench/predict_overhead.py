@@ -19,30 +19,10 @@ from PIL import Image
 
 from . import common
 from .common import Row
+from helpers.oracle import DEFAULTS, Oracle  # noqa: E402  (common puts tests/ on sys.path)
 
-REQUEST = dict(  # every predict() input, explicitly (the defaults in predict.py are cog Input objects)
-    prompt="An astronaut riding a rainbow unicorn",
-    negative_prompt="",
-    image=None,
-    mask=None,
-    width=64,
-    height=64,
-    num_outputs=1,
-    scheduler="K_EULER",
-    num_inference_steps=4,
-    guidance_scale=7.5,
-    prompt_strength=0.8,
-    seed=1234,
-    refine="no_refiner",
-    high_noise_frac=0.8,
-    refine_steps=None,
-    apply_watermark=True,
-    lora_scale=0.6,
-    replicate_weights=None,
-    disable_safety_checker=True,
-    output_format="png",
-    output_quality=80,
-)
+# every predict() input, explicitly (the defaults in predict.py are cog Input objects): the oracle's, checker off
+REQUEST = {**DEFAULTS, "disable_safety_checker": True}
 
 
 def make_inputs(directory: Path, size: int) -> dict[str, Path]:
@@ -57,8 +37,10 @@ def make_inputs(directory: Path, size: int) -> dict[str, Path]:
     return {"image": directory / "image.png", "mask": directory / "mask.png"}
 
 
-class Baseline:
-    """Plain diffusers pipelines on the predictor's modules, called as the diffusers docs do."""
+class Baseline(Oracle):
+    """The tests' diffusers oracle (tests/helpers/oracle.py: plain pipelines called as the diffusers docs do, the
+    same code the correctness tests compare against), built on the predictor's modules instead of loading its own
+    copy (full size: the weights are in memory once), plus writing the PNG files predict() returns."""
 
     def __init__(self, models, watermarker):
         from diffusers import (
@@ -68,51 +50,23 @@ class Baseline:
         )
 
         base = models.base
-        self.device = models.device
-        # dtype given: diffusers 0.42's from_pipe otherwise casts the shared modules to fp32 (finding 1)
+        # dtype given: diffusers 0.42's from_pipe otherwise casts the shared modules to fp32
         dt = dict(dtype=base.unet.dtype)
-        self.pipes = {
-            "txt2img": StableDiffusionXLPipeline.from_pipe(base, **dt),
-            "img2img": StableDiffusionXLImg2ImgPipeline.from_pipe(base, **dt),
-            "inpaint": StableDiffusionXLInpaintPipeline.from_pipe(base, **dt),
-        }
+        self.base = StableDiffusionXLPipeline.from_pipe(base, **dt)
+        self.img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(base, **dt)
+        self.inpaint = StableDiffusionXLInpaintPipeline.from_pipe(base, **dt)
         self.refiner = StableDiffusionXLImg2ImgPipeline.from_pipe(models.refiner, **dt)
-        for pipe in (*self.pipes.values(), self.refiner):
+        for pipe in (self.base, self.img2img, self.inpaint, self.refiner):
             pipe.set_progress_bar_config(disable=True)
-        # schedulers as the weights shipped them (a plain user sets them once)
-        self.schedulers = {name: pipe.scheduler for name, pipe in self.pipes.items()}
-        self.watermarker = watermarker
+            pipe.watermark = watermarker  # diffusers skips it on latent outputs (the base of a refiner mode)
+        self.config, self.refiner_config = self.base.scheduler.config, self.refiner.scheduler.config
         self.out = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
 
     def __call__(self, mode: str, r: dict) -> list[Path]:
-        pipe = self.pipes[mode]
-        refine = r["refine"]
-        pipe.watermark = self.watermarker if refine == "no_refiner" else None
-        args = dict(prompt=[r["prompt"]] * r["num_outputs"], negative_prompt=[r["negative_prompt"]] * r["num_outputs"],
-                    guidance_scale=r["guidance_scale"], num_inference_steps=r["num_inference_steps"],
-                    generator=torch.Generator(self.device).manual_seed(r["seed"]))
-        extra = {}
-        if mode != "txt2img":
-            extra.update(image=Image.open(r["image"]).convert("RGB"), strength=r["prompt_strength"])
-        if mode == "inpaint":
-            extra.update(mask_image=Image.open(r["mask"]).convert("L"), width=r["width"], height=r["height"])
-        if mode == "txt2img":
-            extra.update(width=r["width"], height=r["height"])
-        if refine == "expert_ensemble_refiner":
-            extra.update(output_type="latent", denoising_end=r["high_noise_frac"])
-        elif refine == "base_image_refiner":
-            extra.update(output_type="latent")
-        images = pipe(**args, **extra).images
-        if refine != "no_refiner":
-            self.refiner.watermark = self.watermarker
-            rk = {"image": images}
-            if refine == "expert_ensemble_refiner":
-                rk["denoising_start"] = r["high_noise_frac"]
-            images = self.refiner(**args, **rk).images
         paths = []
-        for i, im in enumerate(images):
+        for i, array in enumerate(super().__call__(mode, **r)):
             paths.append(self.out / f"out-{i}.png")
-            im.save(paths[-1], "PNG")
+            Image.fromarray(array).save(paths[-1], "PNG")
         return paths
 
 
@@ -178,7 +132,7 @@ def main(argv=None) -> None:
 
     root = common.use_weights(a.size, refiner=not a.no_refiner)
     has_refiner = a.size == "tiny" or full_weights.has_full_refiner(Path(root))
-    p = common.make_predictor(a.size, a.device, compile=a.compile, fixes=a.fixes)
+    p = common.make_predictor(a.size, a.device, compile=a.compile)
     rows = run(p, a.size, a.device, a.quick, has_refiner)
     if not has_refiner:
         rows.append(Row(f"predict/{a.size}", "refiner modes", None, None,
