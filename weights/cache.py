@@ -87,7 +87,7 @@ class WeightsCache:
     def _make_room(self, size: int, *, what: str, source: str) -> None:
         """Before a download of ``size`` bytes: evict least recently used entries so it fits, or refuse."""
         with self._evict_lock:
-            reclaimable = sum(_size(e) for e in self.entries())
+            reclaimable = sum(_size(e) for e in self._evictable())
             free = shutil.disk_usage(self.root).free
             if size > free + reclaimable:
                 raise DownloadError(
@@ -119,6 +119,12 @@ class WeightsCache:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
+    def _evictable(self) -> list[Path]:
+        """Entries least recently used first, without those another thread is fetching (their lock is held)."""
+        with self._guard:
+            busy = {key for key, lock in self._locks.items() if lock.locked()}
+        return [e for e in self.entries() if e.name not in busy]
+
     def entries(self) -> list[Path]:
         """Cached entries, least recently used first."""
         if not self.root.is_dir():
@@ -130,7 +136,7 @@ class WeightsCache:
         """Drop least recently used entries until ``incoming`` more bytes fit ``max_bytes`` and the disk has
         ``keep_free`` bytes free."""
         with self._evict_lock:
-            entries = self.entries()
+            entries = self._evictable()
             sizes = {e: _size(e) for e in entries}
             total = sum(sizes.values())
             while entries and (
