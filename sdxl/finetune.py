@@ -355,7 +355,8 @@ class FineTunes:
     def _load(self, tw: TrainedWeights) -> None:
         base = self.models.base
         if tw.lora is not None:
-            lora = {f"unet.{k}": v.to(base.unet.dtype) for k, v in tw.lora.items()}
+            dtype = base.unet.dtype  # a property that walks every parameter: read it once
+            lora = {f"unet.{k}": v.to(dtype) for k, v in tw.lora.items()}
             base.load_lora_weights(lora, adapter_name=ADAPTER)
         if tw.foreign_lora is not None:
             self._load_foreign_lora(tw)
