@@ -169,15 +169,17 @@ def print_table(rows: list[Row], file=sys.stdout) -> None:
 # ---------------------------------------------------------------- subprocesses
 
 
-def run_child(module: str, args: list[str], env: dict | None = None, timeout: float = 1800) -> tuple[list[Row], int]:
-    """Run ``python -m module args --out json`` in a fresh process; its rows, and its peak RSS in bytes."""
+def run_child(module: str, args: list[str], env: dict | None = None, timeout: float = 1800,
+              cwd: Path | None = None) -> tuple[list[Row], int]:
+    """Run ``python -m module args --out json`` in a fresh process in ``cwd`` (a checkout: the repository, or a
+    worktree of another revision for ``--compare``); its rows."""
     import tempfile
 
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
     cmd = [sys.executable, "-m", module, *args, "--out", str(out)]
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd or REPO, env={**os.environ, **(env or {})}, timeout=timeout)
     took = time.monotonic() - started
     if proc.returncode != 0:
         out.unlink(missing_ok=True)
@@ -245,6 +247,9 @@ def make_predictor(size: str, device: str, compile: bool = False):
     p = Predictor()
     p.setup()
     logging.getLogger().setLevel(logging.WARNING)
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # "No LoRA keys associated to CLIPTextModel ..." on every LoRA load
     if device == "cuda":
         tune_for_gpu(p.models, compile=compile)
     elif size == "full":
