@@ -196,7 +196,7 @@ def fetch_hf_repo(repo_id: str, what: str) -> Path:
     from huggingface_hub import constants, list_repo_files, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    from .finetune import WeightsError
+    from .trained_weights import WeightsError
 
     try:
         if constants.HF_HUB_OFFLINE:

@@ -17,6 +17,8 @@ if str(REPO) not in sys.path:
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # one pytest worker per core: intra-op threads on top of that only fight over the cores
+    # (the servers the tests start inherit the setting through the environment)
+    os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(1)
