@@ -16,8 +16,9 @@ from cog import BaseRunner, Input, Path
 from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLWatermarker
 
 from weights.sets import REPO_ROOT
+from sdxl.checks import check_request
 from sdxl.finetune import FineTunes
-from sdxl.generate import Settings, check_refine_steps, generate, multiple_of_8
+from sdxl.generate import Settings, generate
 from sdxl.images import load_image, save_images
 from sdxl.models import load_all
 from weights.cache import WeightsCache
@@ -25,10 +26,6 @@ from weights.cache import WeightsCache
 SCHEDULER_NAMES = ["DDIM", "DPMSolverMultistep", "HeunDiscrete", "KarrasDPM", "K_EULER_ANCESTRAL", "K_EULER", "PNDM"]
 REFINE_NAMES = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
 OUTPUT_FORMAT_NAMES = ["png", "webp", "jpg"]
-# CLIP reads 77 tokens; longer prompts are cut by the tokenizer. This only stops absurd payloads.
-MAX_PROMPT_CHARS = 10_000
-MAX_SIDE = 4096  # width/height: 16x the pixels SDXL was trained at is already far past useful
-MAX_REFINE_STEPS = 500  # as num_inference_steps
 
 log = logging.getLogger("predict")
 
@@ -45,11 +42,8 @@ class Predictor(BaseRunner):
         self.default_weights = None if weights is None or str(weights) in ("", "weights") else str(weights)
         if self.default_weights:
             log.info("loading trained weights given at setup (COG_WEIGHTS): %s", self.default_weights)
-            self.finetunes.apply(self._read_weights(self.default_weights, what="COG_WEIGHTS"))
+            self.finetunes.use(self.default_weights, self.cache, what="COG_WEIGHTS")
         self.out_dir: LocalPath | None = None
-
-    def _read_weights(self, source: str, *, what: str):
-        return self.finetunes.read(self.finetunes.locate(source, self.cache, what=what), what=what, source=source)
 
     def predict(
         self,
@@ -107,33 +101,25 @@ class Predictor(BaseRunner):
     ) -> List[Path]:
         """Run a single prediction on the model."""
         # cheap checks and decoding first: bad input fails before any denoising
-        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-            if len(text) > MAX_PROMPT_CHARS:
-                raise ValueError(f"{name}: {len(text)} characters is over the limit of {MAX_PROMPT_CHARS}")
-        for name, value in (("width", width), ("height", height)):
-            if value > MAX_SIDE:
-                raise ValueError(f"{name}: {value} is over the limit of {MAX_SIDE}")
-        width, height = multiple_of_8(width, "width"), multiple_of_8(height, "height")
-        if refine_steps is not None and refine_steps > MAX_REFINE_STEPS:
-            raise ValueError(f"refine_steps: {refine_steps} is over the limit of {MAX_REFINE_STEPS}")
-        if refine_steps is not None and refine_steps < 1:
-            raise ValueError(f"refine_steps: {refine_steps} is not allowed; use a positive number or leave it empty")
-        check_refine_steps(refine, refine_steps, num_inference_steps)
-        if mask is not None and image is None:
-            raise ValueError("mask: a mask needs an image to inpaint; pass image as well")
+        width, height = check_request(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            width=width,
+            height=height,
+            refine=refine,
+            refine_steps=refine_steps,
+            num_inference_steps=num_inference_steps,
+            has_image=image is not None,
+            has_mask=mask is not None,
+        )
         init_image = load_image(image, name="image") if image is not None else None
         mask_image = load_image(mask, name="mask", mode="L") if mask is not None else None
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "big")
         log.info("Using seed: %d", seed)
 
-        wanted = replicate_weights or self.default_weights
-        if wanted:
-            what = "replicate_weights" if replicate_weights else "COG_WEIGHTS"
-            if self.finetunes.active is None or self.finetunes.active.source != wanted:
-                self.finetunes.apply(self._read_weights(wanted, what=what))
-        else:
-            self.finetunes.unload()
+        what = "replicate_weights" if replicate_weights else "COG_WEIGHTS"
+        self.finetunes.use(replicate_weights or self.default_weights, self.cache, what=what)
         prompt = self.finetunes.prompt(prompt)
         log.info("Prompt: %s", prompt)
 
@@ -163,13 +149,7 @@ class Predictor(BaseRunner):
             watermarker=self.watermarker,
         )
         if not disable_safety_checker:
-            flags = self.models.safety.flags(images)
-            for i, flagged in enumerate(flags):
-                if flagged:
-                    log.info("NSFW content detected in image %d: it is left out", i)
-            images = [img for img, flagged in zip(images, flags) if not flagged]
-            if not images:
-                raise RuntimeError("NSFW content detected. Try running it again, or try a different prompt.")
+            images = self.models.safety.keep_safe(images)
 
         if self.out_dir is not None:  # the previous prediction's files have been delivered by now
             shutil.rmtree(self.out_dir, ignore_errors=True)

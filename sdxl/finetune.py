@@ -49,6 +49,17 @@ class FineTunes:
             return lora_formats.fetch_hf_repo(repo, what)
         return cache.fetch(source, what=what)
 
+    def use(self, source: str | None, cache, *, what: str) -> None:
+        """Make ``source`` (a URL, path or Hugging Face repo id; None: the base model) the active weights.
+
+        The same source as now is a no-op; anything else is fetched and checked before the pipeline
+        is touched, so a bad or failed download leaves the current weights in place.
+        """
+        if not source:
+            self.unload()
+        elif self.active is None or self.active.source != source:
+            self.apply(self.read(self.locate(source, cache, what=what), what=what, source=source))
+
     def read(self, path: Path, *, what: str, source: str) -> TrainedWeights:
         """Read and check ``path`` (a directory or a single file) without touching the pipeline."""
         return read_weights(path, self.shapes, what=what, source=source)

@@ -40,28 +40,6 @@ class Settings:
     lora_scale: float
 
 
-def multiple_of_8(value: int, name: str) -> int:
-    """Round a size down to a multiple of 8 (what the VAE needs), saying so when it changes."""
-    if value < 8:
-        raise ValueError(f"{name}: {value} is too small; use at least 8 (a multiple of 8)")
-    rounded = value - value % 8
-    if rounded != value:
-        log.info("%s %d is not a multiple of 8: rounded down to %d", name, value, rounded)
-    return rounded
-
-
-def check_refine_steps(refine: str, refine_steps: int | None, num_inference_steps: int) -> None:
-    """base_image_refiner runs int(steps * 0.3) refiner steps: refuse a count that gives none."""
-    if refine != "base_image_refiner":
-        return
-    steps, name = (refine_steps, "refine_steps") if refine_steps else (num_inference_steps, "num_inference_steps")
-    if int(steps * REFINER_STRENGTH) < 1:
-        raise ValueError(
-            f"{name}: base_image_refiner refines over {int(REFINER_STRENGTH * 100)}% of {steps} steps, "
-            f"which is no step at all; use at least {int(1 / REFINER_STRENGTH) + 1}"
-        )
-
-
 def generate(
     models: Models,
     s: Settings,

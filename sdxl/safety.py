@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,12 @@ from transformers import CLIPImageProcessor
 
 # The CLIP preprocessing the production safety tar expects (it ships no preprocessor_config.json).
 DEFAULT_FEATURE_EXTRACTOR = Path(__file__).resolve().parent / "feature_extractor"
+
+log = logging.getLogger(__name__)
+
+
+class NSFWError(RuntimeError):
+    pass
 
 
 class SafetyChecker:
@@ -28,3 +35,14 @@ class SafetyChecker:
         arrays = [np.array(image) for image in images]
         _, has_nsfw = self.model(images=arrays, clip_input=clip_input)
         return [bool(flag) for flag in has_nsfw]
+
+    def keep_safe(self, images: list[Image.Image]) -> list[Image.Image]:
+        """The images the checker passes (flagged ones are dropped with a log line); an error if none is left."""
+        flags = self.flags(images)
+        for i, flagged in enumerate(flags):
+            if flagged:
+                log.info("NSFW content detected in image %d: it is left out", i)
+        kept = [image for image, flagged in zip(images, flags) if not flagged]
+        if not kept:
+            raise NSFWError("NSFW content detected. Try running it again, or try a different prompt.")
+        return kept
