@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+pytest_plugins = ["helpers.fixtures"]  # predictor, run
 
 os.environ["SDXL_WEIGHTS"] = "tiny"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

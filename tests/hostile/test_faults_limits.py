@@ -34,7 +34,7 @@ def private_tmp(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("where", ["after-a-checkpoint", "while-writing-the-tar"])
 def test_training_failing_mid_way_leaves_no_partial_output(tmp_path, private_tmp, monkeypatch, where):
-    from training import TrainConfig, export, loop, train_model
+    from training import TrainConfig, loop, train_model
 
     archive = tmp_path / "in.zip"
     archive.write_bytes(zip_bytes(photos_with_captions(2)))

@@ -7,7 +7,6 @@ bitwise the one it gave before (``baseline``).
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 import time
 import uuid

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers.oracle import DEFAULTS
 from PIL import Image
 
 RES = 64
@@ -67,24 +66,6 @@ def trained(tmp_path_factory):
     reference = reference_save_weights(root / "reference", state)
     return SimpleNamespace(tar=tar, files=files, reference=reference, cfg=cfg,
                            rank=cfg.lora_rank, tokens=state.tokens.names)
-
-
-@pytest.fixture(scope="session")
-def predictor():
-    from predict import Predictor
-
-    p = Predictor()
-    p.setup()
-    return p
-
-
-@pytest.fixture(scope="session")
-def run(predictor):
-    def _run(**overrides):
-        paths = predictor.predict(**{**DEFAULTS, **overrides})
-        return [np.array(Image.open(p)) for p in paths]
-
-    return _run
 
 
 @pytest.fixture(scope="session")

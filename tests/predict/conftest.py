@@ -6,31 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.oracle import DEFAULTS, Oracle
+from helpers.oracle import Oracle
 from helpers.reference_tars import reference_lora_tar, reference_unet_tar
 from PIL import Image
 
 import weights
-
-
-@pytest.fixture(scope="session")
-def predictor():
-    from predict import Predictor
-
-    p = Predictor()
-    p.setup()
-    return p
-
-
-@pytest.fixture(scope="session")
-def run(predictor):
-    """Call predict() with the defaults above overridden; returns the images as uint8 arrays."""
-
-    def _run(**overrides):
-        paths = predictor.predict(**{**DEFAULTS, **overrides})
-        return [np.array(Image.open(p)) for p in paths]
-
-    return _run
 
 
 @pytest.fixture(scope="session")

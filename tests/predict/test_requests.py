@@ -1,6 +1,5 @@
 """Request handling around the pipelines: step counts, sizes, inputs, safety checker, output formats."""
 
-import io
 
 import numpy as np
 import pytest
