@@ -156,7 +156,7 @@ def print_compare(before: list[Row], after: list[Row], file=sys.stdout) -> None:
             cells += ["-", "", ""] if r is None else [fmt(r.ours, r.unit),
                                                       "" if r.ratio is None else f"{r.ratio:.3f}x", r.verdict]
         change = ""
-        if b is not None and f is not None and b.ours and f.ours is not None:
+        if b is not None and f is not None and b.ours and f.ours is not None and (b.unit != "s" or b.ours > 1e-3):
             change = f"{f.ours / b.ours:.3f}x"
         note = f.note if f is not None else ""
         if b is not None and b.note != note:

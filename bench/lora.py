@@ -86,7 +86,7 @@ def run(p, size: str, device: str, quick: bool) -> list[Row]:
                             device)[0]
 
     baseline = {name: DiffusersLora(p.models.base, d) for name, d in dirs.items()}
-    repeats = 1 if quick or size == "full" else 3
+    repeats = 1 if quick else 3  # full size too: each operation is ~0.1-1.5 s
     t: dict[str, list[float]] = {k: [] for k in (
         "none", "first", "reuse", "switch", "base", "d_load", "d_switch", "d_unload")}
     try:
@@ -108,6 +108,10 @@ def run(p, size: str, device: str, quick: bool) -> list[Row]:
         predict_module.generate = real_generate
     best = {k: min(v[1:] if len(v) > 1 else v) for k, v in t.items()}  # rep 0 is a warm-up
     none = best["none"]
+
+    def runs(ours_key: str, base_key: str) -> str:  # every repeat after the warm-up one: the spread
+        ours_runs = [x - none for x in t[ours_key][1:]] or [t[ours_key][0] - none]
+        return common.spread({"ours": ours_runs, "baseline": t[base_key][1:] or t[base_key]})
     area = f"lora/{size}"
     note = f"rank {RANK[size]}, {lora_bytes / 1e6:.0f} MB fp32"
     return [
@@ -116,9 +120,9 @@ def run(p, size: str, device: str, quick: bool) -> list[Row]:
         Row(area, "reuse, same replicate_weights (added to predict)", max(best["reuse"] - none, 0.0), None,
             target=0.050, absolute=True, note="baseline would reload; absolute target"),
         Row(area, "switch A->B (cache hit)", best["switch"] - none, best["d_switch"], target=1.0,
-            note="baseline: unload_lora_weights + unload_ti + load B"),
+            note=f"baseline: unload_lora_weights + unload_ti + load B; runs: {runs('switch', 'd_switch')}"),
         Row(area, "back to base", best["base"] - none, best["d_unload"], target=1.0,
-            note="baseline: unload_lora_weights + 2x unload_textual_inversion"),
+            note=f"baseline: unload_lora_weights + 2x unload_textual_inversion; runs: {runs('base', 'd_unload')}"),
     ]
 
 
