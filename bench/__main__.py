@@ -163,13 +163,7 @@ def print_compare(before: list[Row], after: list[Row], file=sys.stdout) -> None:
             note = f"before: {b.note} || after: {note}"
         cells += [change, note]
         lines.append(cells)
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
-    widths[-1] = 0
-    line = lambda cells: " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-    print(line(head), file=file)
-    print("-|-".join("-" * max(w, 4) for w in widths), file=file)
-    for cells in lines:
-        print(line(cells), file=file)
+    common.print_grid(head, lines, file)
 
 
 if __name__ == "__main__":

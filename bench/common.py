@@ -167,6 +167,11 @@ def print_table(rows: list[Row], file=sys.stdout) -> None:
             f"<= {_fmt(r.target, r.unit)}" if r.absolute else f"<= {r.target:.2f}x")
         lines.append((r.area, r.figure, _fmt(r.ours, r.unit), _fmt(r.baseline, r.unit),
                       "" if r.ratio is None else f"{r.ratio:.3f}x", target, r.verdict, r.note))
+    print_grid(head, lines, file)
+
+
+def print_grid(head, lines, file=sys.stdout) -> None:
+    """Columns padded to their widest cell, ``|`` between them; the last (the note) left unpadded."""
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
     widths[-1] = 0
     fmt = lambda cells: " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
