@@ -137,7 +137,7 @@ class FineTunes:
             self._unet_backup.clear()
         tokens = tw.tokens
         for encoder, tokenizer in ((base.text_encoder, base.tokenizer), (base.text_encoder_2, base.tokenizer_2)):
-            present = [t for t in tokens if t in tokenizer.get_vocab()]
+            present = [t for t in tokens if t in tokenizer.added_tokens_encoder]  # not get_vocab(): it copies 49k entries
             if present:
                 base.unload_textual_inversion(tokens=present, tokenizer=tokenizer, text_encoder=encoder)
         log.info("trained weights unloaded: %s", tw.source)
