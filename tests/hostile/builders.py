@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import pickle
 import stat
 import tarfile
 import zipfile
 
-import numpy as np
 from PIL import Image
 
 from fuzz.targets import _raw_zip_names, png_with_size  # noqa: F401  (re-exported for the tests)
+from helpers import media
+from helpers.media import caption_csv, encode, tar_bytes, zip_bytes  # noqa: F401  (re-exported)
 
 BOMB_BYTES = 64 * 1024**2  # zeros: deflate/gzip squeeze them ~1000x
 
 
 def picture(size=(96, 80), seed=0, mode="RGB") -> Image.Image:
-    rng = np.random.RandomState(seed)
-    rgb = Image.fromarray((rng.rand(size[1], size[0], 3) * 255).astype(np.uint8), "RGB")
-    return rgb if mode == "RGB" else rgb.convert(mode)
-
-
-def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
+    return media.picture(size, seed, mode)
 
 
 def png(size=(96, 80), seed=0) -> bytes:
@@ -41,23 +32,6 @@ def truncated_png(size=(96, 80), seed=0) -> bytes:
 FAKE_PNG = b"<html>this is not an image</html>\n" * 20
 
 
-def caption_csv(rows) -> bytes:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["caption", "image_file"])
-    writer.writerows(rows)
-    return buf.getvalue().encode()
-
-
-def zip_bytes(entries, compression=zipfile.ZIP_DEFLATED) -> bytes:
-    """``entries``: (name or ZipInfo, bytes)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=compression) as zf:
-        for info, data in entries:
-            zf.writestr(info, data)
-    return buf.getvalue()
-
-
 def zip_symlink(name: str, target: str) -> tuple[zipfile.ZipInfo, bytes]:
     info = zipfile.ZipInfo(name)
     info.create_system = 3
@@ -69,20 +43,6 @@ def zip_with_raw_name(raw_name: bytes, data: bytes) -> bytes:
     """A zip whose member name is ``raw_name`` (e.g. not UTF-8) although its UTF-8 flag is set."""
     placeholder = b"~" * len(raw_name)
     return _raw_zip_names(zip_bytes([(placeholder.decode(), data)]), {placeholder: raw_name})
-
-
-def tar_bytes(entries, mode: str = "w", fmt=tarfile.GNU_FORMAT) -> bytes:
-    """``entries``: (name, bytes) or TarInfo (links, fifos)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=mode, format=fmt, encoding="utf-8", errors="surrogateescape") as tf:
-        for entry in entries:
-            if isinstance(entry, tarfile.TarInfo):
-                tf.addfile(entry)
-            else:
-                info = tarfile.TarInfo(entry[0])
-                info.size = len(entry[1])
-                tf.addfile(info, io.BytesIO(entry[1]))
-    return buf.getvalue()
 
 
 def tar_link(name: str, target: str, kind=tarfile.SYMTYPE) -> tarfile.TarInfo:

@@ -6,15 +6,14 @@ is enforced before expensive work, named in the error.
 from __future__ import annotations
 
 import contextlib
-import http.server
 import os
 import shutil
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
+from helpers.http_files import FileServer
 from hostile.builders import photos_with_captions, zip_bytes
 
 import weights.cache as cache_mod
@@ -83,31 +82,10 @@ def _left(tmp: Path) -> list[str]:
 # --- low disk space during a weights download -----------------------------------------------------
 
 
-class _Files(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-
-    def do_GET(self):
-        body = self.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def http_files():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    _Files.files = {}
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", _Files.files
-    httpd.shutdown()
-    httpd.server_close()
+    with FileServer() as server:
+        yield server.url, server.files
 
 
 def _tar_of(size: int, seed: int) -> bytes:

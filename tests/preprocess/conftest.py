@@ -8,9 +8,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from helpers.media import caption_csv, encode, picture
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ZEKE = REPO_ROOT / ".." / "shared" / "datasets" / "zeke"
@@ -23,29 +22,8 @@ def tiny_weights(monkeypatch):
     monkeypatch.setenv("SDXL_WEIGHTS", "tiny")
 
 
-def picture(size=(64, 48), seed=0, mode="RGB") -> Image.Image:
-    """A deterministic noisy picture."""
-    rng = np.random.RandomState(seed)
-    rgb = Image.fromarray((rng.rand(size[1], size[0], 3) * 255).astype(np.uint8), "RGB")
-    return rgb if mode == "RGB" else rgb.convert(mode)
-
-
-def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
-
-
 def png(size=(64, 48), seed=0) -> bytes:
     return encode(picture(size, seed))
-
-
-def caption_csv(rows: list[tuple[str, str]]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["caption", "image_file"])
-    writer.writerows(rows)
-    return buf.getvalue().encode()
 
 
 def make_zip(path: Path, members: dict[str, bytes]) -> Path:

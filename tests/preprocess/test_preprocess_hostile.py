@@ -3,7 +3,6 @@ input_images, and nothing is written outside out_dir (checked against a canary f
 
 from __future__ import annotations
 
-import io
 import stat
 import struct
 import tarfile
@@ -12,6 +11,8 @@ import zlib
 from pathlib import Path
 
 import pytest
+
+from helpers.media import tar_bytes
 
 from preprocess import PreprocessError, prepare
 
@@ -47,14 +48,7 @@ def _zip(path: Path, entries: list[tuple[zipfile.ZipInfo | str, bytes]]) -> Path
 
 
 def _tar(path: Path, entries: list[tarfile.TarInfo | tuple[str, bytes]], mode: str = "w") -> Path:
-    with tarfile.open(path, mode) as tf:
-        for entry in entries:
-            if isinstance(entry, tarfile.TarInfo):
-                tf.addfile(entry)
-            else:
-                info = tarfile.TarInfo(entry[0])
-                info.size = len(entry[1])
-                tf.addfile(info, io.BytesIO(entry[1]))
+    path.write_bytes(tar_bytes(entries, mode, fmt=tarfile.DEFAULT_FORMAT))
     return path
 
 

@@ -8,16 +8,15 @@ used as COG_WEIGHTS at setup and as replicate_weights per request, and must chan
 from __future__ import annotations
 
 import base64
-import http.server
 import io
 import os
 import tarfile
-import threading
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.http_files import FileServer
 
 from cogrun import REPO_ROOT
 from cogrun.serve import running_server
@@ -32,30 +31,6 @@ TINY_ENV = {**os.environ, "SDXL_WEIGHTS": "tiny"}
 QUICK = {"resolution": 64, "max_train_steps": 3, "train_batch_size": 2, "lr_warmup_steps": 0, "seed": 3,
          "checkpointing_steps": 1000, "lora_lr": 0.05, "ti_lr": 0.05}  # fmt: skip
 PROMPT = {"prompt": "a photo of TOK", "width": 64, "height": 64, "num_inference_steps": 3, "seed": 11}
-
-
-class _Files(http.server.ThreadingHTTPServer):
-    """Serves a dict of path -> bytes on 127.0.0.1 (no file extensions, no content type hints)."""
-
-    def __init__(self, files: dict[str, bytes]):
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server_address[1]}"
-        threading.Thread(target=self.serve_forever, daemon=True).start()
 
 
 def _zip(folder: Path) -> bytes:
@@ -83,10 +58,8 @@ def _weights(body: dict) -> bytes:
 
 @pytest.fixture(scope="module")
 def files():
-    server = _Files({"/dataset": _tar(DATASETS / "monster")})
-    yield server
-    server.shutdown()
-    server.server_close()
+    with FileServer({"/dataset": _tar(DATASETS / "monster")}) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +101,7 @@ def test_trained_tars_drive_the_predictor_at_setup_and_per_request(trained, make
     per_request = _pixels(api, api.predict_ok(replicate_weights=str(trained["zeke"]), **PROMPT))
     np.testing.assert_array_equal(per_request, at_setup)
     # the monster tar, fetched by URL as Replicate passes it
-    server = _Files({"/monster-weights": trained["monster"].read_bytes()})
-    try:
+    with FileServer({"/monster-weights": trained["monster"].read_bytes()}) as server:
         monster = _pixels(api, api.predict_ok(replicate_weights=server.url + "/monster-weights", **PROMPT))
-    finally:
-        server.shutdown()
-        server.server_close()
     assert not np.array_equal(monster, base) and not np.array_equal(monster, at_setup)
     np.testing.assert_array_equal(_pixels(api, api.predict_ok(**PROMPT)), base)

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.server
 import io
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
-import threading
 from pathlib import Path
 
 import pytest
+from helpers.http_files import FileServer
 
 import weights
 from weights import sets
@@ -23,37 +22,6 @@ from weights.cache import WeightsCache
 from weights.tiny_sdxl import make_base
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-class _Server:
-    """A loopback HTTP server over a dict of path -> bytes that counts requests."""
-
-    def __init__(self, files: dict[str, bytes], fail: bool = False):
-        self.files, self.fail, self.requests = files, fail, []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.requests.append(self.path)
-                body = outer.files.get(self.path)
-                if outer.fail or body is None:
-                    self.send_error(500 if outer.fail else 404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def _tar_bytes(directory: Path) -> bytes:
@@ -96,7 +64,7 @@ def test_production_sources_are_the_reference_tars_and_hf_repos(monkeypatch):
 
 def test_url_tar_is_downloaded_once_and_loads(monkeypatch, tmp_path):
     tiny = weights.resolve("sdxl-refiner")
-    server = _Server({"/refiner.tar": _tar_bytes(tiny)})
+    server = FileServer({"/refiner.tar": _tar_bytes(tiny)})
     try:
         monkeypatch.setenv("SDXL_WEIGHTS", "replicate")
         monkeypatch.setenv("SDXL_WEIGHTS_DIR", str(tmp_path))
@@ -112,7 +80,7 @@ def test_url_tar_is_downloaded_once_and_loads(monkeypatch, tmp_path):
 
 
 def test_failed_download_leaves_nothing(monkeypatch, tmp_path):
-    server = _Server({}, fail=True)
+    server = FileServer({}, fail=True)
     try:
         monkeypatch.setenv("SDXL_WEIGHTS", "replicate")
         monkeypatch.setenv("SDXL_WEIGHTS_DIR", str(tmp_path))
@@ -201,7 +169,7 @@ def test_absolute_member_stays_inside(tmp_path):
 
 def test_weights_cache_fetches_once_and_evicts_least_recently_used(tmp_path):
     payload = {f"/w{i}.bin": bytes([65 + i]) * 1000 for i in range(3)}
-    server = _Server(payload)
+    server = FileServer(payload)
     try:
         cache = WeightsCache(tmp_path / "cache", max_bytes=2500)
         a = cache.fetch(server.url + "/w0.bin")
@@ -218,7 +186,7 @@ def test_weights_cache_fetches_once_and_evicts_least_recently_used(tmp_path):
 
 
 def test_weights_cache_failed_download_leaves_no_entry(tmp_path, monkeypatch):
-    server = _Server({}, fail=True)
+    server = FileServer({}, fail=True)
     monkeypatch.setattr("weights.download.time.sleep", lambda s: None)
     try:
         cache = WeightsCache(tmp_path / "cache")
