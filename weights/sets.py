@@ -37,8 +37,21 @@ class WeightSet:
     url: str | None  # production tar
     hf_repo: str | None
     tiny: str  # "module:function" writing the tiny flavour into a directory
-    hf_overlays: dict[str, str] = field(default_factory=dict)  # sub-folder -> repo replacing it
+    # sub-folder -> "owner/repo" (the whole repo is that folder) or "owner/repo/folder" (one folder of it)
+    hf_overlays: dict[str, str] = field(default_factory=dict)
     hf_patterns: tuple[str, ...] = ("*.json", "*.txt", "*.safetensors")
+    hf_files: dict[str, str] = field(default_factory=dict)  # file name -> repo holding it (e.g. a UNet file)
+
+
+SDXL_BASE_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
+FP16_FIX_VAE_REPO = "madebyollin/sdxl-vae-fp16-fix"
+# what a few-step model shares with SDXL base: the same text encoders and tokenizers, and the fp16-fix VAE
+SDXL_SHARED_OVERLAYS = {
+    **{sub: f"{SDXL_BASE_REPO}/{sub}" for sub in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")},
+    "vae": FP16_FIX_VAE_REPO,
+}
+# a pipeline directory's small files, without any weights (the few-step sets take the UNet from elsewhere)
+PIPELINE_CONFIGS = ("model_index.json", "scheduler/*.json", "unet/config.json")
 
 
 WEIGHT_SETS: dict[str, WeightSet] = {
@@ -48,9 +61,9 @@ WEIGHT_SETS: dict[str, WeightSet] = {
             "sdxl-base",
             "SDXL 1.0 base with the fp16-fix VAE",
             "https://weights.replicate.delivery/default/sdxl/sdxl-vae-upcast-fix.tar",
-            "stabilityai/stable-diffusion-xl-base-1.0",
+            SDXL_BASE_REPO,
             "weights.tiny_sdxl:make_base",
-            hf_overlays={"vae": "madebyollin/sdxl-vae-fp16-fix"},
+            hf_overlays={"vae": FP16_FIX_VAE_REPO},
         ),
         WeightSet(
             "sdxl-refiner",
@@ -65,6 +78,28 @@ WEIGHT_SETS: dict[str, WeightSet] = {
             "https://weights.replicate.delivery/default/sdxl/safety-1.0.tar",
             "CompVis/stable-diffusion-safety-checker",
             "weights.tiny_sdxl:make_safety",
+        ),
+        WeightSet(
+            "sdxl-turbo",
+            "SDXL-Turbo (its UNet and scheduler; SDXL base's text encoders and the fp16-fix VAE)",
+            None,
+            "stabilityai/sdxl-turbo",  # only these folders: the repo also holds ~40 GB of single-file/ONNX copies
+            "weights.tiny_fewstep:make_turbo",
+            hf_overlays=SDXL_SHARED_OVERLAYS,
+            hf_patterns=(*PIPELINE_CONFIGS, "unet/diffusion_pytorch_model.fp16.safetensors"),
+        ),
+        *(
+            WeightSet(
+                f"sdxl-lightning-{steps}step",
+                f"SDXL-Lightning {steps}-step UNet on SDXL base's pipeline (text encoders, fp16-fix VAE)",
+                None,
+                SDXL_BASE_REPO,
+                f"weights.tiny_fewstep:make_lightning_{steps}step",
+                hf_overlays=SDXL_SHARED_OVERLAYS,
+                hf_patterns=PIPELINE_CONFIGS,
+                hf_files={f"sdxl_lightning_{steps}step_unet.safetensors": "ByteDance/SDXL-Lightning"},
+            )
+            for steps in (4, 8)
         ),
         WeightSet(
             "blip",
@@ -107,7 +142,8 @@ def source(name: str) -> str:
         return f"generated ({ws.tiny}, seeded)"
     if f == "huggingface" or (f == "replicate" and ws.url is None):
         overlays = "".join(f" + {sub} from {repo}" for sub, repo in ws.hf_overlays.items())
-        return f"huggingface {ws.hf_repo}{overlays}"
+        files = "".join(f" + {name} from {repo}" for name, repo in ws.hf_files.items())
+        return f"huggingface {ws.hf_repo}{overlays}{files}"
     if f == "replicate":
         return ws.url
     return f"local directory {Path(f) / name}"
@@ -175,17 +211,31 @@ def _link_hf(ws: WeightSet, out: Path) -> None:
     for entry in snapshot.iterdir():
         if entry.name not in ws.hf_overlays:
             (out / entry.name).symlink_to(entry.resolve() if entry.is_file() else entry)
-    for sub, repo in ws.hf_overlays.items():
-        (out / sub).symlink_to(_snapshot(repo, ws.hf_patterns))
+    for sub, source in ws.hf_overlays.items():
+        owner, name, *folder = source.split("/", 2)
+        if folder:  # one folder of a repo: fetch only that folder (huggingface_hub's cache shares it between sets)
+            snapshot = _snapshot(f"{owner}/{name}", tuple(f"{folder[0]}/{p}" for p in OVERLAY_PATTERNS))
+            (out / sub).symlink_to(snapshot / folder[0])
+        else:
+            (out / sub).symlink_to(_snapshot(source, OVERLAY_PATTERNS))
+    for file_name, repo in ws.hf_files.items():
+        from huggingface_hub import hf_hub_download
+
+        (out / file_name).symlink_to(Path(hf_hub_download(repo, file_name)).resolve())
+
+
+OVERLAY_PATTERNS = ("*.json", "*.txt", "*.safetensors")
 
 
 def _snapshot(repo: str, patterns: tuple[str, ...]) -> Path:
     """A snapshot with safetensors weights; repos that publish only ``.bin`` files get those
-    (transformers/diffusers read them with ``weights_only=True``: no arbitrary unpickling)."""
+    (transformers/diffusers read them with ``weights_only=True``: no arbitrary unpickling).
+    Patterns that ask for no weights at all (configs only) get none."""
     from huggingface_hub import snapshot_download
 
     snapshot = Path(snapshot_download(repo, allow_patterns=list(patterns)))
-    if not any(snapshot.rglob("*.safetensors")):
+    wants_weights = any(p.endswith(".safetensors") for p in patterns)
+    if wants_weights and not any(snapshot.rglob("*.safetensors")):
         log.info("%s has no safetensors weights; fetching its .bin weights", repo)
         snapshot = Path(snapshot_download(repo, allow_patterns=[*patterns, "*.bin"]))
     return snapshot
