@@ -5,6 +5,7 @@
     python -m cogrun.client -i prompt="an astronaut" -i width=768          # starts a local server
     python -m cogrun.client --url http://localhost:5000 -i image=@photo.png -i prompt_strength=0.6
     python -m cogrun.client --train -i input_images=@faces.zip -o trained   # POST /trainings
+    python -m cogrun.client --config cog.turbo.yaml -i prompt="a red fox"    # the few-step model
 
 ``-i name=value``: the value is a JSON number or boolean when it parses as one, else a string;
 ``@path`` sends the file as a data: URI. Output files (data: URIs or URLs) are written to
@@ -141,7 +142,7 @@ def save_outputs(output: Any, out_dir: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _server(url: str | None, train: bool, weights: str | None) -> Iterator[str]:
+def _server(url: str | None, train: bool, weights: str | None, config: str) -> Iterator[str]:
     """The given URL, or a local server started for this one run."""
     if url:
         yield url
@@ -149,7 +150,7 @@ def _server(url: str | None, train: bool, weights: str | None) -> Iterator[str]:
     from cogrun.serve import running_server
 
     print("starting a local server (pass --url to use a running one)...", file=sys.stderr, flush=True)
-    with running_server("train" if train else "predict", weights=weights, refresh=True) as base_url:
+    with running_server("train" if train else "predict", weights=weights, refresh=True, config=config) as base_url:
         yield base_url
 
 
@@ -164,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=os.environ.get("COG_URL"), help="a running server; default: start one")
     parser.add_argument("--train", action="store_true", help="POST /trainings instead of /predictions")
     parser.add_argument("--weights", help="COG_WEIGHTS for a self-started server (trained weights URL or path)")
+    parser.add_argument("--config", default="cog.yaml", help="Cog config of a self-started server (default: %(default)s)")
     parser.add_argument("-o", "--output-dir", type=Path, default=Path("outputs"), help="default: %(default)s")
     args = parser.parse_args(argv)
 
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
     try:
-        with _server(args.url, args.train, args.weights) as base_url:
+        with _server(args.url, args.train, args.weights, args.config) as base_url:
             result = run(base_url, inputs, train=args.train)
     except PredictionError as exc:
         details = exc.args[1] if len(exc.args) > 1 else {}

@@ -11,6 +11,7 @@ Usage::
 
     python -m cogrun.schema            # (re)write .cog/openapi_schema.json
     python -m cogrun.schema --check    # exit 1 when the committed file is stale
+    python -m cogrun.schema --config cog.turbo.yaml   # another Cog config: .cog/turbo/openapi_schema.json
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import MISSING, Field, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from cogrun import REPO_ROOT, SCHEMA_PATH
+from cogrun import DEFAULT_CONFIG, REPO_ROOT, SCHEMA_PATH, schema_path
 
 DEFAULT_PREDICT = "predict.py:Predictor"
 DEFAULT_TRAIN = "train.py:train"
@@ -68,14 +69,14 @@ TRAIN = Mode(
 # ---------------------------------------------------------------------------------------------
 
 
-def read_refs(root: Path = REPO_ROOT) -> dict[str, str]:
+def read_refs(root: Path = REPO_ROOT, config: str = DEFAULT_CONFIG) -> dict[str, str]:
     """``{"predict": "predict.py:Predictor", "train": "train.py:train"}`` as configured.
 
-    From cog.yaml (``run:`` or its older name ``predict:``, and ``train:``) when it exists; otherwise
+    From ``config`` (``run:`` or its older name ``predict:``, and ``train:``) when it exists; otherwise
     predict.py:Predictor, plus train.py:train when train.py exists. A ``train:`` whose file does not
     exist (yet) is left out.
     """
-    config_file = root / "cog.yaml"
+    config_file = root / config
     if config_file.exists():
         import yaml  # only needed here; pyyaml comes with transformers/huggingface-hub
 
@@ -358,12 +359,12 @@ def merge(predict: dict, train: dict) -> dict:
     return merged
 
 
-def generate(root: Path = REPO_ROOT) -> dict:
-    """The whole document for this repository (predict and, when configured, train)."""
+def generate(root: Path = REPO_ROOT, config: str = DEFAULT_CONFIG) -> dict:
+    """The whole document for one Cog config of this repository (predict and, when configured, train)."""
     root = root.resolve()
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    refs = read_refs(root)
+    refs = read_refs(root, config)
     docs = []
     if "predict" in refs:
         docs.append(mode_document(refs["predict"], PREDICT))
@@ -377,14 +378,14 @@ def render(document: dict) -> str:
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def is_fresh(path: Path = SCHEMA_PATH, root: Path = REPO_ROOT) -> bool:
+def is_fresh(path: Path = SCHEMA_PATH, root: Path = REPO_ROOT, config: str = DEFAULT_CONFIG) -> bool:
     """Whether the file at ``path`` is exactly what :func:`generate` makes now."""
-    return path.exists() and path.read_text() == render(generate(root))
+    return path.exists() and path.read_text() == render(generate(root, config))
 
 
-def write(path: Path = SCHEMA_PATH, root: Path = REPO_ROOT) -> bool:
+def write(path: Path = SCHEMA_PATH, root: Path = REPO_ROOT, config: str = DEFAULT_CONFIG) -> bool:
     """Regenerate ``path``; returns whether its content changed."""
-    text = render(generate(root))
+    text = render(generate(root, config))
     if path.exists() and path.read_text() == text:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -395,19 +396,22 @@ def write(path: Path = SCHEMA_PATH, root: Path = REPO_ROOT) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cogrun.schema", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 when the file is stale")
-    parser.add_argument("--output", type=Path, default=SCHEMA_PATH, help="default: %(default)s")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="the Cog config (default: %(default)s)")
+    parser.add_argument("--output", type=Path, help="default: .cog/openapi_schema.json (cog.yaml), "
+                        ".cog/<name>/openapi_schema.json (cog.<name>.yaml)")
     args = parser.parse_args(argv)
+    args.output = args.output or schema_path(args.config)
     if args.check:
-        if is_fresh(args.output):
+        if is_fresh(args.output, config=args.config):
             print(f"{args.output}: up to date")
             return 0
         print(
-            f"{args.output} is stale: predict.py/train.py/cog.yaml changed since it was generated; "
-            "run `python -m cogrun.schema` and commit the result",
+            f"{args.output} is stale: its predictor/trainer or {args.config} changed since it was generated; "
+            f"run `python -m cogrun.schema --config {args.config}` and commit the result",
             file=sys.stderr,
         )
         return 1
-    changed = write(args.output)
+    changed = write(args.output, config=args.config)
     print(f"{args.output}: {'written' if changed else 'already up to date'}")
     return 0
 

@@ -5,8 +5,11 @@
     python -m cogrun.serve                   # predict server on :5000 (PORT or --port)
     python -m cogrun.serve --train           # training server (/trainings)
     python -m cogrun.serve --weights URL     # COG_WEIGHTS: a trained tar applied at setup
+    python -m cogrun.serve --config cog.turbo.yaml   # another Cog model of this repository (few-step SDXL)
 
-The schema coglet validates with (``.cog/openapi_schema.json``) is regenerated first when stale.
+The schema coglet validates with (``.cog/openapi_schema.json``) is regenerated first when stale. coglet reads
+it from ``.cog/`` of its working directory, so another config's server runs in a temporary directory whose
+``.cog`` is that config's schema folder (``.cog/turbo/``), importing the code from the repository.
 From Python, :func:`running_server` starts one in the background for the length of a ``with`` block.
 """
 
@@ -27,7 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Iterator, Mapping
 
-from cogrun import REPO_ROOT, SCHEMA_PATH
+from cogrun import DEFAULT_CONFIG, REPO_ROOT, schema_path
 
 SETUP_TIMEOUT = float(os.environ.get("COGRUN_SETUP_TIMEOUT", "600"))
 LOG_TAIL_CHARS = 6000
@@ -61,6 +64,7 @@ def server_env(
     env: Mapping[str, str] | None = None,
     weights: str | None = None,
     refs: Mapping[str, str] | None = None,
+    config: str = DEFAULT_CONFIG,
 ) -> dict[str, str]:
     """The environment coglet needs: the type stub of ``mode``, PORT, and this Python first on PATH.
 
@@ -70,9 +74,9 @@ def server_env(
     if refs is None:
         from cogrun.schema import read_refs
 
-        refs = read_refs(REPO_ROOT)
+        refs = read_refs(REPO_ROOT, config)
     if mode not in refs:
-        raise ServerError(f"no {mode} entry point is configured (cog.yaml / {mode}.py)")
+        raise ServerError(f"no {mode} entry point is configured ({config} / {mode}.py)")
     merged = {**os.environ, **(env or {})}
     merged["PORT"] = str(port)
     merged["COG_TRAIN_TYPE_STUB" if mode == "train" else "COG_PREDICT_TYPE_STUB"] = refs[mode]
@@ -80,19 +84,37 @@ def server_env(
     merged.setdefault("PYTHONUNBUFFERED", "1")
     if weights:
         merged["COG_WEIGHTS"] = weights
+    if config != DEFAULT_CONFIG:  # run from elsewhere (see server_directory): the code is imported from here
+        key = "COG_TRAIN_TYPE_STUB" if mode == "train" else "COG_PREDICT_TYPE_STUB"
+        merged[key] = str(REPO_ROOT / merged[key])
+        merged["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), merged.get("PYTHONPATH")) if p)
     return merged
 
 
-def refresh_schema() -> bool:
-    """Regenerate ``.cog/openapi_schema.json`` when stale (in a child process: it imports the model code).
+@contextlib.contextmanager
+def server_directory(config: str = DEFAULT_CONFIG) -> Iterator[Path]:
+    """The working directory coglet runs in: the repository for cog.yaml; for another config a temporary
+    directory whose ``.cog`` links that config's schema folder (coglet reads ``.cog/openapi_schema.json``)."""
+    if config == DEFAULT_CONFIG:
+        yield REPO_ROOT
+        return
+    with tempfile.TemporaryDirectory(prefix="cogrun-app-") as directory:
+        (Path(directory) / ".cog").symlink_to(schema_path(config).parent, target_is_directory=True)
+        yield Path(directory)
+
+
+def refresh_schema(config: str = DEFAULT_CONFIG) -> bool:
+    """Regenerate the config's schema when stale (in a child process: it imports the model code).
 
     Returns whether the file changed.
     """
-    before = SCHEMA_PATH.read_text() if SCHEMA_PATH.exists() else None
-    done = subprocess.run([sys.executable, "-m", "cogrun.schema"], cwd=REPO_ROOT, capture_output=True, text=True)
+    path = schema_path(config)
+    before = path.read_text() if path.exists() else None
+    done = subprocess.run([sys.executable, "-m", "cogrun.schema", "--config", config], cwd=REPO_ROOT,
+                          capture_output=True, text=True)
     if done.returncode != 0:
-        raise ServerError(f"could not generate {SCHEMA_PATH.name}:\n{done.stderr[-LOG_TAIL_CHARS:]}")
-    return SCHEMA_PATH.read_text() != before
+        raise ServerError(f"could not generate {path.name}:\n{done.stderr[-LOG_TAIL_CHARS:]}")
+    return path.read_text() != before
 
 
 def health(base_url: str, timeout: float = 2.0) -> dict | None:
@@ -156,15 +178,17 @@ def running_server(
     timeout: float = SETUP_TIMEOUT,
     refresh: bool = False,
     log_path: Path | None = None,
+    config: str = DEFAULT_CONFIG,
 ) -> Iterator[str]:
     """Run a coglet server in the background and yield its base URL once /health-check says READY.
 
     The server runs from the repository root in its own process group, which is always killed on
     exit. Its output goes to ``log_path`` (default: a temporary file), whose tail is part of the
     :class:`ServerError` raised when it fails to start. ``refresh`` regenerates a stale schema first.
+    ``config`` names the Cog config to serve (default cog.yaml).
     """
     if refresh:
-        refresh_schema()
+        refresh_schema(config)
     port = port or free_port()
     base_url = f"http://127.0.0.1:{port}"
     with contextlib.ExitStack() as stack:
@@ -174,8 +198,8 @@ def running_server(
             log = stack.enter_context(open(log_path, "w+b"))
         process = subprocess.Popen(
             server_command(mode),
-            cwd=REPO_ROOT,
-            env=server_env(mode, port, env, weights),
+            cwd=stack.enter_context(server_directory(config)),
+            env=server_env(mode, port, env, weights, config=config),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -192,18 +216,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "5000")))
     parser.add_argument("--host", default="0.0.0.0", help="default: %(default)s, as in the image")
     parser.add_argument("--weights", help="COG_WEIGHTS: URL or path of trained weights applied at setup")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="the Cog config to serve (default: %(default)s)")
     args = parser.parse_args(argv)
 
     mode = "train" if args.train else "predict"
+    with server_directory(args.config) as directory:
+        return _serve(args, mode, directory)
+
+
+def _serve(args: argparse.Namespace, mode: str, directory: Path) -> int:
     try:
-        if refresh_schema():
-            print(f"regenerated {SCHEMA_PATH.relative_to(REPO_ROOT)} (it was stale)", file=sys.stderr)
-        env = server_env(mode, args.port, weights=args.weights)
+        if refresh_schema(args.config):
+            print(f"regenerated {schema_path(args.config).relative_to(REPO_ROOT)} (it was stale)", file=sys.stderr)
+        env = server_env(mode, args.port, weights=args.weights, config=args.config)
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     command = server_command(mode, host=args.host)
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, start_new_session=True)
+    process = subprocess.Popen(command, cwd=directory, env=env, start_new_session=True)
 
     def forward(signum: int, _frame: object) -> None:  # coglet shuts down cleanly on SIGINT/SIGTERM
         with contextlib.suppress(ProcessLookupError):
