@@ -1,0 +1,77 @@
+"""Fixtures of the few-step model tests: one set-up predict_turbo predictor, its oracles, input files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers.fewstep_oracle import FewStepOracle
+from helpers.media import picture
+from PIL import Image
+
+# predict_turbo's inputs as Cog passes them when the request names none
+TURBO_DEFAULTS = dict(
+    prompt="An astronaut riding a rainbow unicorn",
+    negative_prompt="",
+    image=None,
+    mask=None,
+    width=64,  # the tests' size; the predictor's own default (None) is the model's native size
+    height=64,
+    num_outputs=1,
+    num_inference_steps=None,
+    guidance_scale=None,
+    prompt_strength=0.5,
+    seed=1234,
+    model="sdxl-turbo",
+    apply_watermark=True,
+    lora_scale=0.6,
+    replicate_weights=None,
+    disable_safety_checker=False,
+    output_format="png",
+    output_quality=80,
+)
+
+
+@pytest.fixture(scope="session")
+def turbo_predictor():
+    from predict_turbo import Predictor
+
+    p = Predictor()
+    p.setup()
+    return p
+
+
+@pytest.fixture(scope="session")
+def turbo_run(turbo_predictor):
+    """predict_turbo's predict() with TURBO_DEFAULTS overridden; the images as uint8 arrays."""
+
+    def _run(**overrides):
+        paths = turbo_predictor.predict(**{**TURBO_DEFAULTS, **overrides})
+        return [np.array(Image.open(p)) for p in paths]
+
+    return _run
+
+
+@pytest.fixture(scope="session")
+def fewstep_oracle():
+    """``fewstep_oracle(model)``: that model's oracle, loaded once per session."""
+    loaded = {}
+
+    def _get(model: str) -> FewStepOracle:
+        if model not in loaded:
+            loaded[model] = FewStepOracle(model)
+        return loaded[model]
+
+    return _get
+
+
+@pytest.fixture(scope="session")
+def image_files(tmp_path_factory) -> dict[str, Path]:
+    """A 64x64 init image and an inpaint mask (white square = repaint) as PNG files."""
+    d = tmp_path_factory.mktemp("fewstep-inputs")
+    picture((64, 64), seed=5).save(d / "image.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(d / "mask.png")
+    return {"image": d / "image.png", "mask": d / "mask.png"}
