@@ -1,0 +1,33 @@
+"""Trained tars of the SDXL trainer apply to the few-step models through replicate_weights, and come off cleanly."""
+
+import numpy as np
+import pytest
+from helpers.reference_tars import reference_lora_tar
+
+import weights
+
+PLAIN = dict(prompt="a photo of a dog", num_inference_steps=2)
+
+
+@pytest.fixture(scope="module")
+def lora_tar(tmp_path_factory):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(weights.resolve("sdxl-turbo"), subfolder="unet", variant="fp16")
+    return reference_lora_tar(tmp_path_factory.mktemp("fewstep-lora") / "trained_model.tar", unet)
+
+
+def test_trained_tar_changes_turbo_and_the_next_request_is_turbo_bitwise(turbo_run, lora_tar):
+    plain = turbo_run(**PLAIN)[0]
+    tuned = turbo_run(replicate_weights=str(lora_tar), lora_scale=1.0, **PLAIN)[0]
+    assert np.abs(tuned.astype(int) - plain.astype(int)).mean() > 1.0
+    np.testing.assert_array_equal(turbo_run(**PLAIN)[0], plain)
+
+
+def test_switching_models_takes_a_fine_tune_off_the_shared_text_encoders(turbo_run, lora_tar):
+    lightning = dict(model="sdxl-lightning-4step", **PLAIN)
+    plain = turbo_run(**lightning)[0]
+    turbo_run(replicate_weights=str(lora_tar), lora_scale=1.0, **PLAIN)  # applied to sdxl-turbo
+    np.testing.assert_array_equal(turbo_run(**lightning)[0], plain)
+    tuned = turbo_run(replicate_weights=str(lora_tar), lora_scale=1.0, **lightning)[0]
+    assert not np.array_equal(tuned, plain)
