@@ -23,6 +23,10 @@ from sdxl.images import load_image, save_images
 from sdxl.models import load_all
 from weights.cache import WeightsCache
 
+# The choices are the engine's tables (sdxl.schedulers.SCHEDULERS, sdxl.generate.REFINE_MODES,
+# sdxl.images.OUTPUT_FORMATS), written out as literals because cog's static parser (cog build) reads only this
+# file's own module-level literals, not names imported from other modules; tests/predict/test_choices.py
+# fails when a list and its table differ.
 SCHEDULER_NAMES = ["DDIM", "DPMSolverMultistep", "HeunDiscrete", "KarrasDPM", "K_EULER_ANCESTRAL", "K_EULER", "PNDM"]
 REFINE_NAMES = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
 OUTPUT_FORMAT_NAMES = ["png", "webp", "jpg"]

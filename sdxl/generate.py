@@ -17,7 +17,7 @@ from .schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
 
-REFINE_MODES = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
+REFINE_MODES = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]  # predict.py offers these
 REFINER_STRENGTH = 0.3  # base_image_refiner: the refiner img2img's own default strength, as the reference ran it
 
 
@@ -50,6 +50,8 @@ def generate(
     watermarker=None,
 ) -> list[Image.Image]:
     """Run the request ``s`` and return the finished images (before the safety checker)."""
+    if s.refine not in REFINE_MODES:
+        raise ValueError(f"refine: {s.refine!r} is not one of {', '.join(REFINE_MODES)}")
     kwargs: dict = {}
     if image is not None and mask is not None:
         log.info("inpainting mode")
