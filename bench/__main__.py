@@ -36,6 +36,8 @@ PARTS = {
     # only on request (already inside predict:*)
     "lora:tiny": ("bench.lora", ["--size", "tiny"]),
     "lora:full": ("bench.lora", ["--size", "full"]),
+    "fewstep:tiny": ("bench.fewstep", ["--size", "tiny"]),  # SDXL-Turbo 1 step vs SDXL 30 steps
+    "fewstep:full": ("bench.fewstep", ["--size", "full"]),
 }
 DEFAULT = ["predict:tiny", "cold:tiny", "train:tiny", "cold:full", "predict:full", "train:full"]
 
