@@ -214,7 +214,7 @@ def _link_hf(ws: WeightSet, out: Path) -> None:
     for sub, source in ws.hf_overlays.items():
         owner, name, *folder = source.split("/", 2)
         if folder:  # one folder of a repo: fetch only that folder (huggingface_hub's cache shares it between sets)
-            snapshot = _snapshot(f"{owner}/{name}", tuple(f"{folder[0]}/{p}" for p in OVERLAY_PATTERNS))
+            snapshot = _snapshot(f"{owner}/{name}", tuple(f"{folder[0]}/{p}" for p in FOLDER_OVERLAY_PATTERNS))
             (out / sub).symlink_to(snapshot / folder[0])
         else:
             (out / sub).symlink_to(_snapshot(source, OVERLAY_PATTERNS))
@@ -225,6 +225,8 @@ def _link_hf(ws: WeightSet, out: Path) -> None:
 
 
 OVERLAY_PATTERNS = ("*.json", "*.txt", "*.safetensors")
+# the sets with folder overlays (the few-step models) ship fp16 UNets, so their pipelines load the fp16 variant
+FOLDER_OVERLAY_PATTERNS = ("*.json", "*.txt", "*.fp16.safetensors")
 
 
 def _snapshot(repo: str, patterns: tuple[str, ...]) -> Path:
