@@ -21,25 +21,17 @@ from pathlib import Path
 
 import torch
 
+from .tiny_sdxl import SCHEDULER_CONFIG
+
 SHARED_WITH_BASE = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
 
-# stabilityai/sdxl-turbo scheduler/scheduler_config.json
+# stabilityai/sdxl-turbo's scheduler/scheduler_config.json is SDXL base's with another class and spacing (and
+# without the EulerDiscreteScheduler-only use_karras_sigmas)
 TURBO_SCHEDULER_CONFIG = {
+    **{key: value for key, value in SCHEDULER_CONFIG.items() if key != "use_karras_sigmas"},
     "_class_name": "EulerAncestralDiscreteScheduler",
     "_diffusers_version": "0.24.0.dev0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "interpolation_type": "linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
     "timestep_spacing": "trailing",
-    "trained_betas": None,
 }
 
 
