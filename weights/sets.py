@@ -236,8 +236,9 @@ def _snapshot(repo: str, patterns: tuple[str, ...]) -> Path:
     from huggingface_hub import snapshot_download
 
     snapshot = Path(snapshot_download(repo, allow_patterns=list(patterns)))
-    wants_weights = any(p.endswith(".safetensors") for p in patterns)
-    if wants_weights and not any(snapshot.rglob("*.safetensors")):
+    # the .bin twin of each weights pattern: a folder's patterns never reach another folder's files
+    bin_patterns = [p.removesuffix(".safetensors") + ".bin" for p in patterns if p.endswith(".safetensors")]
+    if bin_patterns and not any(snapshot.rglob("*.safetensors")):
         log.info("%s has no safetensors weights; fetching its .bin weights", repo)
-        snapshot = Path(snapshot_download(repo, allow_patterns=[*patterns, "*.bin"]))
+        snapshot = Path(snapshot_download(repo, allow_patterns=[*patterns, *bin_patterns]))
     return snapshot

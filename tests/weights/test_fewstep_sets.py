@@ -87,3 +87,17 @@ def test_lightning_fetches_one_unet_file_and_sdxl_base_configs(hub, steps):
 def test_the_replicate_source_of_a_set_without_a_tar_is_hugging_face(monkeypatch):
     monkeypatch.delenv("SDXL_WEIGHTS")
     assert weights.source("sdxl-lightning-4step").endswith(f"+ sdxl_lightning_4step_unet.safetensors from {LIGHTNING}")
+
+
+def test_a_folder_without_safetensors_fetches_no_other_folders_weights(hub, monkeypatch):
+    """Tokenizers first (nothing to fetch as safetensors): the .bin fallback stays inside the tokenizer folders."""
+    import dataclasses
+
+    from weights import sets
+
+    ws = sets.WEIGHT_SETS["sdxl-turbo"]
+    tokenizers_first = dict(sorted(ws.hf_overlays.items(), key=lambda item: not item[0].startswith("tokenizer")))
+    monkeypatch.setitem(sets.WEIGHT_SETS, "sdxl-turbo", dataclasses.replace(ws, hf_overlays=tokenizers_first))
+    weights.resolve("sdxl-turbo")
+    assert not any(name.endswith(".bin") for files in hub.values() for name in files)
+    assert hub[BASE] == SHARED_FROM_BASE
