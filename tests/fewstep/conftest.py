@@ -6,31 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.fewstep_oracle import FewStepOracle
+from helpers.fewstep_oracle import TURBO_DEFAULTS, FewStepOracle
 from helpers.media import picture
 from PIL import Image
-
-# predict_turbo's inputs as Cog passes them when the request names none
-TURBO_DEFAULTS = dict(
-    prompt="An astronaut riding a rainbow unicorn",
-    negative_prompt="",
-    image=None,
-    mask=None,
-    width=64,  # the tests' size; the predictor's own default (None) is the model's native size
-    height=64,
-    num_outputs=1,
-    num_inference_steps=None,
-    guidance_scale=None,
-    prompt_strength=0.5,
-    seed=1234,
-    model="sdxl-turbo",
-    apply_watermark=True,
-    lora_scale=0.6,
-    replicate_weights=None,
-    disable_safety_checker=False,
-    output_format="png",
-    output_quality=80,
-)
 
 
 @pytest.fixture(scope="session")

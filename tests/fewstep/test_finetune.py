@@ -2,7 +2,9 @@
 
 import numpy as np
 import pytest
+from helpers.fewstep_oracle import TURBO_DEFAULTS
 from helpers.reference_tars import reference_lora_tar
+from PIL import Image
 
 import weights
 
@@ -31,3 +33,13 @@ def test_switching_models_takes_a_fine_tune_off_the_shared_text_encoders(turbo_r
     np.testing.assert_array_equal(turbo_run(**lightning)[0], plain)
     tuned = turbo_run(replicate_weights=str(lora_tar), lora_scale=1.0, **lightning)[0]
     assert not np.array_equal(tuned, plain)
+
+
+def test_cog_weights_at_setup_are_the_default_of_every_request(turbo_run, lora_tar):
+    from predict_turbo import Predictor
+
+    tuned = turbo_run(replicate_weights=str(lora_tar), **PLAIN)[0]
+    trained = Predictor()
+    trained.setup(weights=str(lora_tar))
+    [path] = trained.predict(**{**TURBO_DEFAULTS, **PLAIN})
+    np.testing.assert_array_equal(np.array(Image.open(path)), tuned)

@@ -1,4 +1,5 @@
-"""The few-step oracle: diffusers AutoPipelines loaded from the weight directories as the model cards load them.
+"""The few-step oracle: diffusers AutoPipelines loaded from the weight directories as the model cards load them,
+and the predict_turbo inputs the tests start from (TURBO_DEFAULTS).
 
 Written from the model cards, not from sdxl/: the oracle must not share the code it checks.
 
@@ -24,6 +25,28 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import weights
+
+# predict_turbo's inputs as Cog passes them when the request names none
+TURBO_DEFAULTS = dict(
+    prompt="An astronaut riding a rainbow unicorn",
+    negative_prompt="",
+    image=None,
+    mask=None,
+    width=64,  # the tests' size; the predictor's own default (None) is the model's native size
+    height=64,
+    num_outputs=1,
+    num_inference_steps=None,
+    guidance_scale=None,
+    prompt_strength=0.5,
+    seed=1234,
+    model="sdxl-turbo",
+    apply_watermark=True,
+    lora_scale=0.6,
+    replicate_weights=None,
+    disable_safety_checker=False,
+    output_format="png",
+    output_quality=80,
+)
 
 AUTO_PIPELINES = {
     "txt2img": AutoPipelineForText2Image,
