@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from . import caption as captions_mod
-from .crop import crop_pair, shrink
+from .crop import crop_box, shrink
 from .errors import PreprocessError
 from .images import load_image
 from .intake import FILETYPES, Member, read_archive
@@ -26,7 +26,10 @@ MIN_RESOLUTION = 16
 MAX_RESOLUTION = 4096
 ANALYSIS_SIDE = 768  # images are kept at least this large (shorter side) for face detection and CLIPSeg
 STAGING = ".intake"  # inside out_dir, removed when done
-CSV_HEADER = ("image", "mask", "caption")
+# SDXL micro-conditioning columns (read by training.data): the photo's size before any resize, and
+# the crop's top-left corner in the photo scaled so its shorter side is `resolution` (as diffusers'
+# and kohya's SDXL trainers compute them).
+CSV_HEADER = ("image", "mask", "caption", "original_height", "original_width", "crop_top", "crop_left")
 
 
 @dataclass
@@ -37,6 +40,8 @@ class Example:
     image: Image.Image
     mask: Image.Image | None = None
     caption: str | None = None
+    original_size: tuple[int, int] = (0, 0)  # (height, width) of the decoded photo, before any resize
+    crop_top_left: tuple[int, int] = (0, 0)  # (top, left) at the scale where the shorter side is `resolution`
 
 
 def prepare(
@@ -131,7 +136,9 @@ def _decode(members: list[Member], archive: Path, resolution: int) -> list[Examp
     for member in members:
         image = load_image(member.path, member.name)
         if image is not None:
-            examples.append(Example(member.name, shrink(image, max(resolution, ANALYSIS_SIDE))))
+            original_size = (image.height, image.width)
+            examples.append(Example(member.name, shrink(image, max(resolution, ANALYSIS_SIDE)),
+                                    original_size=original_size))
     if not examples:
         found = f"{len(members)} image file(s), none readable" if members else "no image files (png, jpg, jpeg, webp, bmp, gif)"
         raise PreprocessError(f"input_images: {archive.name} holds {found}")
@@ -172,7 +179,12 @@ def _add_captions(examples, csv_captions, prefix: str, token: str, seed: int, de
 
 def _crop_all(examples, resolution: int, salience: bool, device: str) -> list[Example]:
     """Square-crop image and mask together, upscale small images with Swin2SR, resize to ``resolution``."""
-    squares = [Example(ex.name, *crop_pair(ex.image, ex.mask, salience=salience), ex.caption) for ex in examples]
+    squares = []
+    for ex in examples:
+        left, top, right, _ = box = crop_box(ex.image, ex.mask, salience=salience)
+        scale = resolution / (right - left)  # the square's side becomes `resolution`
+        squares.append(Example(ex.name, ex.image.crop(box), ex.mask.crop(box), ex.caption, ex.original_size,
+                               (round(top * scale), round(left * scale))))
     upscaler = Upscaler(device) if any(sq.image.width < resolution for sq in squares) else None
     for sq in squares:
         sq.image = upscaler.to_resolution(sq.image, resolution) if upscaler else resize(sq.image, resolution)
@@ -190,7 +202,7 @@ def _write(out_dir: Path, squares: list[Example]) -> None:
         image_rel, mask_rel = f"images/{i:04d}.png", f"masks/{i:04d}.png"
         sq.image.convert("RGB").save(out_dir / image_rel)
         sq.mask.convert("L").save(out_dir / mask_rel)
-        rows.append((image_rel, mask_rel, sq.caption))
+        rows.append((image_rel, mask_rel, sq.caption, *sq.original_size, *sq.crop_top_left))
     with (out_dir / "captions.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_HEADER)

@@ -73,6 +73,18 @@ def make_accelerator():
     return Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
 
 
+def variant_in(base_dir: Path, subfolder: str) -> str | None:
+    """The weight variant of ``base_dir/subfolder``, detected as the predictor does (sdxl.models.variant_of),
+    per folder: the production layout is fp16 throughout, a Hugging Face snapshot has no variant, and the
+    fp16-fix VAE beside fp16 files has none either."""
+    from sdxl.models import variant_of
+
+    variant = variant_of(Path(base_dir))
+    if variant and not any((Path(base_dir) / subfolder).glob(f"*.{variant}.safetensors")):
+        return None
+    return variant
+
+
 def setup(cfg: TrainConfig, dataset_dir: Path, base_dir: Path | None = None, accelerator=None) -> TrainState:
     """Load the base model, add the new tokens (and LoRA), cache the latents. ``cfg.seed`` must be set."""
     from accelerate.utils import set_seed
@@ -90,17 +102,19 @@ def setup(cfg: TrainConfig, dataset_dir: Path, base_dir: Path | None = None, acc
 
     # The text encoders stay fp32 everywhere: their new embedding rows train in fp32, and a bf16
     # encoder fed fp32 embeddings would mix dtypes. The frozen UNet of a LoRA run is bf16 on GPU.
-    load = dict(variant="fp16", torch_dtype=torch.float32)
+    def load(cls, subfolder, dtype=torch.float32):
+        return cls.from_pretrained(base_dir, subfolder=subfolder, variant=variant_in(base_dir, subfolder),
+                                   torch_dtype=dtype)
+
     tokenizers = [CLIPTokenizer.from_pretrained(base_dir, subfolder=s) for s in ("tokenizer", "tokenizer_2")]
     text_encoders = [
-        CLIPTextModel.from_pretrained(base_dir, subfolder="text_encoder", **load).to(device),
-        CLIPTextModelWithProjection.from_pretrained(base_dir, subfolder="text_encoder_2", **load).to(device),
+        load(CLIPTextModel, "text_encoder").to(device),
+        load(CLIPTextModelWithProjection, "text_encoder_2").to(device),
     ]
-    vae = AutoencoderKL.from_pretrained(base_dir, subfolder="vae", variant="fp16", torch_dtype=torch.float32).to(device)
+    vae = load(AutoencoderKL, "vae").to(device)
     noise_scheduler = DDPMScheduler.from_pretrained(base_dir, subfolder="scheduler")
     # Trained weights are fp32 (a bf16 UNet would round lr=1e-6 updates away); autocast does the rest.
-    unet_dtype = frozen_dtype if cfg.is_lora else torch.float32
-    unet = UNet2DConditionModel.from_pretrained(base_dir, subfolder="unet", variant="fp16", torch_dtype=unet_dtype)
+    unet = load(UNet2DConditionModel, "unet", frozen_dtype if cfg.is_lora else torch.float32)
     unet.to(device)
 
     tokens = PivotalTokens(tokenizers, text_encoders, cfg.token_string, cfg.num_new_tokens,
@@ -177,10 +191,11 @@ def make_optimizer(state: TrainState):
         {"params": unet_params, "lr": cfg.lora_lr if cfg.is_lora else cfg.unet_learning_rate,
          "weight_decay": UNET_WEIGHT_DECAY},
     ])
-    name = "linear" if cfg.lr_scheduler == "linear" else (
-        "constant_with_warmup" if cfg.lr_warmup_steps > 0 else "constant")
+    # lr_warmup_steps is "for lr schedulers with warmups" (the documented input): "linear" warms up,
+    # "constant" is constant from the first step - as the reference, which hands both to get_scheduler.
     steps = total_steps(cfg, len(state.data))
-    scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=steps)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                              num_training_steps=steps)
     return optimizer, scheduler
 
 
@@ -232,6 +247,7 @@ def fit(state: TrainState, work_dir: Path, save_checkpoint=None) -> History:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.tokens.restore_frozen_rows()
+        state.tokens.renormalize_new_rows()
 
         record = StepLog(step + 1, loss.item(), lr_unet=lrs[1], lr_ti=lrs[0])
         history.steps.append(record)

@@ -11,6 +11,8 @@ import re
 
 import torch
 
+RENORM_POWER = 0.1  # the reference's off_ratio ** 0.1: a gentle pull each step, not a reset
+
 
 def new_token_names(n: int) -> list[str]:
     return [f"<s{i}>" for i in range(n)]
@@ -94,6 +96,22 @@ class PivotalTokens:
     def restore_frozen_rows(self) -> None:
         for p, frozen, snapshot in zip(self.parameters(), self.frozen_rows, self.snapshots):
             p[frozen] = snapshot[frozen]
+
+    @torch.no_grad()
+    def renormalize_new_rows(self) -> None:
+        """Pull the new rows' spread a step toward the vocabulary's, as the reference's
+        ``retract_embeddings`` (and diffusers' advanced SDXL script) do after every optimizer step:
+        rows *= (vocabulary std / new rows' std) ** RENORM_POWER.
+
+        Without it a high ``ti_lr`` inflates the trigger tokens until they drown the rest of the
+        prompt. Only while the embeddings train: after the pivot they are constants.
+        """
+        if not self.training:
+            return
+        for p, frozen, snapshot in zip(self.parameters(), self.frozen_rows, self.snapshots):
+            vocab_std = snapshot[frozen].std()
+            new = p[~frozen]
+            p[~frozen] = new * (vocab_std / new.std()) ** RENORM_POWER
 
     def new_rows(self) -> dict[str, torch.Tensor]:
         """``embeddings.pti`` content: ``text_encoders_{i}`` = rows of <s0>..<sN-1> in encoder i."""
