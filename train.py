@@ -6,7 +6,9 @@ The work is in the ``training`` package (``training.train_model``).
 from __future__ import annotations
 
 import logging
-from typing import Optional
+import shutil
+import tempfile
+from typing import List, Optional
 
 from cog import BaseModel, Input, Path
 
@@ -14,7 +16,13 @@ from training import TrainConfig, train_model
 
 
 class TrainingOutput(BaseModel):
-    weights: Path
+    weights: Path  # what replicate_weights / COG_WEIGHTS take (Replicate's trainings API reads this field)
+    checkpoints: Optional[Path]  # a tar of checkpoints/checkpoint-N/ (None when none was saved)
+    dataset: Path  # a tar of the prepared images, masks and captions
+    validation_images: List[Path]  # drawn with the trained weights and the caption prefix
+
+
+_previous_output: Optional[Path] = None  # the last training's output directory, delivered by now
 
 
 def train(
@@ -130,4 +138,20 @@ def train(
         checkpointing_steps=checkpointing_steps,
         input_images_filetype=input_images_filetype,
     )
-    return TrainingOutput(weights=Path(train_model(Path(input_images), config)))
+    global _previous_output
+    if _previous_output is not None:  # coglet has sent the last training's files: they go now
+        shutil.rmtree(_previous_output, ignore_errors=True)
+        _previous_output = None
+    output_dir = Path(tempfile.mkdtemp(prefix="sdxl-weights-"))
+    try:
+        result = train_model(Path(input_images), config, output_dir=output_dir)
+    except BaseException:
+        shutil.rmtree(output_dir, ignore_errors=True)
+        raise
+    _previous_output = output_dir
+    return TrainingOutput(
+        weights=Path(result.weights),
+        checkpoints=Path(result.checkpoints) if result.checkpoints else None,
+        dataset=Path(result.dataset),
+        validation_images=[Path(p) for p in result.validation_images],
+    )

@@ -6,6 +6,6 @@ loop (the training loop), export (the reference weight format and the tar), run 
 """
 
 from .config import TrainConfig, TrainingInputError
-from .run import train_model, train_on_prepared
+from .run import TrainingResult, train_model, train_on_prepared
 
-__all__ = ["TrainConfig", "TrainingInputError", "train_model", "train_on_prepared"]
+__all__ = ["TrainConfig", "TrainingInputError", "TrainingResult", "train_model", "train_on_prepared"]

@@ -73,6 +73,15 @@ def make_accelerator():
     return Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
 
 
+def release_memory() -> None:
+    """Give the memory of a finished training back (the caller dropped its TrainState)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def variant_in(base_dir: Path, subfolder: str) -> str | None:
     """The weight variant of ``base_dir/subfolder``, detected as the predictor does (sdxl.models.variant_of),
     per folder: the production layout is fp16 throughout, a Hugging Face snapshot has no variant, and the

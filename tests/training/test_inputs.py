@@ -45,7 +45,7 @@ def test_train_py_has_the_documented_inputs():
     for name, _, choices in DOCUMENTED:
         assert info.inputs[name].choices == choices, name
         assert info.inputs[name].description, name
-    assert list(info.output.fields) == ["weights"]
+    assert list(info.output.fields) == ["weights", "checkpoints", "dataset", "validation_images"]
     # and TrainConfig has the same defaults
     defaults = TrainConfig()
     for name, default, _ in DOCUMENTED[1:]:
@@ -111,13 +111,13 @@ def test_new_tokens_in_both_tokenizers_and_encoders(base_dir):
 def test_bad_inputs_are_refused_before_any_work(overrides, names, tmp_path):
     # the archive does not even exist: the cheap checks come first
     with pytest.raises(TrainingInputError, match=rf"^{names}:"):
-        train_model(tmp_path / "missing.zip", TrainConfig(**overrides), output_tar=tmp_path / "w.tar")
-    assert not (tmp_path / "w.tar").exists()
+        train_model(tmp_path / "missing.zip", TrainConfig(**overrides), output_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_archive_names_input_images(tmp_path):
     with pytest.raises(TrainingInputError, match=r"^input_images:"):
-        train_model(tmp_path / "missing.zip", TrainConfig(), output_tar=tmp_path / "w.tar")
+        train_model(tmp_path / "missing.zip", TrainConfig(), output_dir=tmp_path / "out")
 
 
 def test_random_seed_when_empty():
