@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -16,14 +15,14 @@ from . import caption as captions_mod
 from .crop import crop_box, shrink
 from .errors import PreprocessError
 from .images import load_image
-from .intake import FILETYPES, Member, read_archive
+from training import inputs
+
+from .intake import Member, read_archive
 from .masks import ClipSegMasker, FaceMasker, check_temperature, full_mask, parse_prompts
 from .upscale import Upscaler, resize
 
 log = logging.getLogger(__name__)
 
-MIN_RESOLUTION = 16
-MAX_RESOLUTION = 4096
 ANALYSIS_SIDE = 768  # images are kept at least this large (shorter side) for face detection and CLIPSeg
 STAGING = ".intake"  # inside out_dir, removed when done
 # SDXL micro-conditioning columns (read by training.data): the photo's size before any resize, and
@@ -48,14 +47,14 @@ def prepare(
     input_images: Path,
     out_dir: Path,
     *,
-    resolution: int = 512,
-    caption_prefix: str = "a photo of TOK",
-    token_string: str = "TOK",
-    mask_target_prompts: str | None = None,
-    crop_based_on_salience: bool = True,
-    use_face_detection_instead: bool = False,
-    clipseg_temperature: float = 1.0,
-    input_images_filetype: str = "infer",
+    resolution: int = inputs.RESOLUTION,
+    caption_prefix: str = inputs.CAPTION_PREFIX,
+    token_string: str = inputs.TOKEN_STRING,
+    mask_target_prompts: str | None = inputs.MASK_TARGET_PROMPTS,
+    crop_based_on_salience: bool = inputs.CROP_BASED_ON_SALIENCE,
+    use_face_detection_instead: bool = inputs.USE_FACE_DETECTION_INSTEAD,
+    clipseg_temperature: float = inputs.CLIPSEG_TEMPERATURE,
+    input_images_filetype: str = inputs.INPUT_IMAGES_FILETYPE,
     seed: int = 0,
     device: str = "cpu",
 ) -> Path:
@@ -89,18 +88,15 @@ def prepare(
 
 def _check_arguments(resolution, caption_prefix, token_string, mask_target_prompts, temperature, filetype, device):
     """Validate every cheap-to-check argument; return the parsed CLIPSeg prompts."""
-    if isinstance(resolution, bool) or not isinstance(resolution, int):
-        raise PreprocessError(f"resolution must be an integer, not {resolution!r}")
-    if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION or resolution % 8:
-        raise PreprocessError(
-            f"resolution must be a multiple of 8 between {MIN_RESOLUTION} and {MAX_RESOLUTION}, not {resolution}"
-        )
-    if not isinstance(token_string, str) or not token_string.strip() or re.search(r"\s", token_string):
-        raise PreprocessError(f"token_string must be a non-empty word without spaces, not {token_string!r}")
-    if not isinstance(caption_prefix, str) or not captions_mod.has_token(caption_prefix, token_string):
-        raise PreprocessError(f"caption_prefix {caption_prefix!r} must contain token_string {token_string!r} as a word")
-    if filetype not in FILETYPES:
-        raise PreprocessError(f"input_images_filetype must be one of {', '.join(FILETYPES)}, not {filetype!r}")
+    for name, problem in (
+        ("resolution", inputs.resolution_problem(resolution)),
+        ("token_string", inputs.token_string_problem(token_string)),
+        ("caption_prefix", inputs.caption_prefix_problem(caption_prefix, token_string)),
+    ):
+        if problem:
+            raise PreprocessError(f"{name} {problem}")
+    if filetype not in inputs.FILETYPES:
+        raise PreprocessError(f"input_images_filetype must be one of {', '.join(inputs.FILETYPES)}, not {filetype!r}")
     check_temperature(temperature)
     try:
         torch.device(device)

@@ -165,11 +165,26 @@ def encode_prompts(state: TrainState, captions: list[str]) -> tuple[torch.Tensor
     return torch.cat(hidden, dim=-1), pooled
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mse_per_sample(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the masked area of each sample (mask in [0,1], broadcast over channels)."""
     err = (pred.float() - target.float()) ** 2 * mask
-    per_sample = err.sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * pred.shape[1]).clamp_min(1e-6)
-    return per_sample.mean()
+    return err.sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * pred.shape[1]).clamp_min(1e-6)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return masked_mse_per_sample(pred, target, mask).mean()
+
+
+def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, snr_gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights per sample, as diffusers' training scripts compute them: min(SNR, gamma) / SNR
+    for epsilon prediction, / (SNR + 1) for v-prediction (diffusers.training_utils.compute_snr)."""
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps)
+    weights = torch.clamp(snr, max=snr_gamma)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return weights / (snr + 1)
+    return weights / snr
 
 
 def loss_on(state: TrainState, indices: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -186,7 +201,10 @@ def loss_on(state: TrainState, indices: torch.Tensor, noise: torch.Tensor, times
         target = state.noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
-    return masked_mse(pred, target, masks)
+    per_sample = masked_mse_per_sample(pred, target, masks)
+    if state.cfg.snr_gamma is not None:
+        per_sample = per_sample * min_snr_weights(state.noise_scheduler, timesteps, state.cfg.snr_gamma).to(per_sample)
+    return per_sample.mean()
 
 
 def make_optimizer(state: TrainState):
@@ -248,6 +266,9 @@ def fit(state: TrainState, work_dir: Path, save_checkpoint=None) -> History:
         latents_shape = (len(indices), *state.data.latents.shape[1:])
         noise = torch.randn(latents_shape, generator=rng).to(state.device)
         timesteps = torch.randint(0, num_timesteps, (len(indices),), generator=rng).to(state.device)
+        if cfg.noise_offset:  # diffusers' --noise_offset; drawn only when set: the default random stream stays
+            offset = torch.randn((*latents_shape[:2], 1, 1), generator=rng).to(state.device)
+            noise = noise + cfg.noise_offset * offset
         loss = loss_on(state, indices, noise, timesteps)
 
         acc.backward(loss)

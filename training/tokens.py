@@ -7,28 +7,11 @@ parameter). At the pivot the embeddings stop training altogether.
 
 from __future__ import annotations
 
-import re
-
 import torch
 
+from sdxl.trigger import new_token_names, substitute
+
 RENORM_POWER = 0.1  # the reference's off_ratio ** 0.1: a gentle pull each step, not a reset
-
-
-def new_token_names(n: int) -> list[str]:
-    return [f"<s{i}>" for i in range(n)]
-
-
-def _word_pattern(word: str) -> re.Pattern:
-    return re.compile(rf"(?<!\w){re.escape(word)}(?!\w)")
-
-
-def contains_word(text: str, word: str) -> bool:
-    return bool(_word_pattern(word).search(text))
-
-
-def substitute(text: str, token_string: str, replacement: str) -> str:
-    """Replace ``token_string`` by ``replacement`` on whole words only ("stock", "Tokyo" stay)."""
-    return _word_pattern(token_string).sub(replacement, text)
 
 
 def token_embedding(text_encoder) -> torch.nn.Embedding:
