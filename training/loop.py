@@ -208,16 +208,24 @@ def loss_on(state: TrainState, indices: torch.Tensor, noise: torch.Tensor, times
 
 
 def make_optimizer(state: TrainState):
-    """Group 0: the embeddings at ti_lr; group 1: the LoRA (lora_lr) or the whole UNet (unet_learning_rate)."""
+    """Group 0: the embeddings at ti_lr; group 1: the LoRA (lora_lr) or the whole UNet (unet_learning_rate).
+    AdamW for a LoRA, Adafactor for a full fine-tune (``memory``: it fits 48 GB)."""
     from diffusers.optimization import get_scheduler
 
     cfg = state.cfg
     unet_params = [p for p in state.unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([
+    groups = [
         {"params": state.tokens.parameters(), "lr": cfg.ti_lr, "weight_decay": TI_WEIGHT_DECAY},
         {"params": unet_params, "lr": cfg.lora_lr if cfg.is_lora else cfg.unet_learning_rate,
          "weight_decay": UNET_WEIGHT_DECAY},
-    ])
+    ]
+    if cfg.is_lora:
+        optimizer = torch.optim.AdamW(groups)
+    else:  # the full fine-tune's memory plan (training/memory.py): Adafactor at a fixed lr
+        from transformers.optimization import Adafactor
+
+        optimizer = Adafactor(groups, lr=cfg.unet_learning_rate, relative_step=False, scale_parameter=False,
+                              warmup_init=False)
     # lr_warmup_steps is "for lr schedulers with warmups" (the documented input): "linear" warms up,
     # "constant" is constant from the first step - as the reference, which hands both to get_scheduler.
     steps = total_steps(cfg, len(state.data))
