@@ -34,10 +34,15 @@ class TrainState:
     tokens: PivotalTokens
     data: LatentCache
     dataset: PreparedDataset
+    model: torch.nn.Module | None = None  # what the forward pass calls: the UNet, or its DDP wrapper (several processes)
 
     @property
     def device(self) -> torch.device:
         return self.accelerator.device
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
 
 
 @dataclass
@@ -56,11 +61,12 @@ class History:
     total_steps: int = 0
 
 
-def total_steps(cfg: TrainConfig, n_examples: int) -> int:
-    """max_train_steps wins over num_train_epochs; 0 means: train num_train_epochs epochs."""
+def total_steps(cfg: TrainConfig, n_examples: int, world: int = 1) -> int:
+    """max_train_steps wins over num_train_epochs; 0 means: train num_train_epochs epochs (of global
+    batches: train_batch_size per process)."""
     if cfg.max_train_steps > 0:
         return cfg.max_train_steps
-    return cfg.num_train_epochs * math.ceil(n_examples / cfg.train_batch_size)
+    return cfg.num_train_epochs * math.ceil(n_examples / (cfg.train_batch_size * world))
 
 
 def make_accelerator():
@@ -149,7 +155,10 @@ def setup(cfg: TrainConfig, dataset_dir: Path, base_dir: Path | None = None, acc
     dataset = PreparedDataset(dataset_dir, cfg.resolution, substitute=tokens.substitute)
     data = LatentCache.build(dataset, vae, device)
     del vae  # latents are cached: the VAE is not needed any more
-    return TrainState(cfg, accelerator, tokenizers, text_encoders, unet, noise_scheduler, tokens, data, dataset)
+    model = unet
+    if accelerator.num_processes > 1:  # data parallel: accelerate wraps the UNet in DDP (its gradients all-reduced)
+        model = accelerator.prepare(unet)
+    return TrainState(cfg, accelerator, tokenizers, text_encoders, unet, noise_scheduler, tokens, data, dataset, model)
 
 
 def encode_prompts(state: TrainState, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,7 +204,7 @@ def loss_on(state: TrainState, indices: torch.Tensor, noise: torch.Tensor, times
             prompt_embeds, pooled = encode_prompts(state, captions)  # encode
         noisy = state.noise_scheduler.add_noise(latents, noise, timesteps)  # noise
         dtype = state.unet.dtype
-        pred = state.unet(noisy.to(dtype), timesteps, encoder_hidden_states=prompt_embeds.to(dtype),  # predict
+        pred = (state.model or state.unet)(noisy.to(dtype), timesteps, encoder_hidden_states=prompt_embeds.to(dtype),  # predict
                           added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}).sample
     if state.noise_scheduler.config.prediction_type == "v_prediction":
         target = state.noise_scheduler.get_velocity(latents, noise, timesteps)
@@ -228,7 +237,7 @@ def make_optimizer(state: TrainState):
                               warmup_init=False)
     # lr_warmup_steps is "for lr schedulers with warmups" (the documented input): "linear" warms up,
     # "constant" is constant from the first step - as the reference, which hands both to get_scheduler.
-    steps = total_steps(cfg, len(state.data))
+    steps = total_steps(cfg, len(state.data), state.world)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                               num_training_steps=steps)
     return optimizer, scheduler
@@ -239,6 +248,18 @@ def pivot(tokens: PivotalTokens, scheduler) -> None:
     tokens.stop_training()  # no gradients -> AdamW skips them
     scheduler.lr_lambdas[0] = lambda _step: 0.0  # and their lr is 0 from now on
     scheduler.optimizer.param_groups[0]["lr"] = 0.0
+
+
+def shard_loss(state: TrainState, indices: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """This process's part of the global batch's loss, scaled so that the mean DDP takes over the processes
+    is the global batch's mean loss (shards may differ in size at an epoch's end; an empty shard runs one
+    example at weight 0, so every process takes part in the all-reduce)."""
+    acc = state.accelerator
+    part = torch.arange(len(indices)).tensor_split(state.world)[acc.process_index]
+    if len(part) == 0:
+        return loss_on(state, indices[:1], noise[:1], timesteps[:1]) * 0.0
+    loss = loss_on(state, indices[part], noise[part.to(noise.device)], timesteps[part.to(timesteps.device)])
+    return loss * (len(part) * state.world / len(indices))
 
 
 def batches(n: int, batch_size: int, rng: torch.Generator):
@@ -252,34 +273,41 @@ def fit(state: TrainState, work_dir: Path, save_checkpoint=None) -> History:
     from tqdm.auto import tqdm
 
     cfg, acc = state.cfg, state.accelerator
-    n = len(state.data)
-    steps = total_steps(cfg, n)
+    n, world = len(state.data), state.world
+    steps = total_steps(cfg, n, world)
     history = History(pivot_step=max(1, int(steps * cfg.pivot_fraction)), total_steps=steps)
     optimizer, scheduler = make_optimizer(state)
-    rng = torch.Generator().manual_seed(cfg.seed)  # data order, noise and timesteps
+    rng = torch.Generator().manual_seed(cfg.seed)  # data order, noise and timesteps: the same in every process
     num_timesteps = state.noise_scheduler.config.num_train_timesteps
-    log.info("training %d steps on %d images, batch %d, seed %d, %s, pivot at step %d",
-             steps, n, cfg.train_batch_size, cfg.seed, "LoRA" if cfg.is_lora else "full UNet", history.pivot_step)
+    log.info("training %d steps on %d images, batch %d x %d process(es), seed %d, %s, pivot at step %d",
+             steps, n, cfg.train_batch_size, world, cfg.seed, "LoRA" if cfg.is_lora else "full UNet",
+             history.pivot_step)
 
     state.tokens.start_training()
     state.unet.train()
-    data_order = batches(n, cfg.train_batch_size, rng)
-    bar = tqdm(total=steps, desc="training", disable=not cfg.verbose)
+    data_order = batches(n, cfg.train_batch_size * world, rng)
+    bar = tqdm(total=steps, desc="training", disable=not cfg.verbose or not acc.is_main_process)
     started = time.monotonic()
     for step in range(steps):
         if step == history.pivot_step:
             pivot(state.tokens, scheduler)
             log.info("step %d: pivot - the embeddings stop training", step)
-        indices = next(data_order)
+        indices = next(data_order)  # the global batch
         latents_shape = (len(indices), *state.data.latents.shape[1:])
         noise = torch.randn(latents_shape, generator=rng).to(state.device)
         timesteps = torch.randint(0, num_timesteps, (len(indices),), generator=rng).to(state.device)
         if cfg.noise_offset:  # diffusers' --noise_offset; drawn only when set: the default random stream stays
             offset = torch.randn((*latents_shape[:2], 1, 1), generator=rng).to(state.device)
             noise = noise + cfg.noise_offset * offset
-        loss = loss_on(state, indices, noise, timesteps)
+        if world == 1:
+            loss = loss_on(state, indices, noise, timesteps)
+        else:
+            loss = shard_loss(state, indices, noise, timesteps)
 
         acc.backward(loss)
+        if world > 1 and state.tokens.training:  # the UNet's grads are DDP's; the embeddings' are reduced here
+            for p in state.tokens.parameters():
+                p.grad = acc.reduce(p.grad, reduction="mean")
         lrs = [group["lr"] for group in optimizer.param_groups]  # the lrs this step uses
         optimizer.step()
         scheduler.step()
@@ -294,7 +322,8 @@ def fit(state: TrainState, work_dir: Path, save_checkpoint=None) -> History:
         if cfg.verbose or record.step % 50 == 0 or record.step == steps:
             log.info("step %d/%d loss %.5f lr %.3e ti_lr %.3e", record.step, steps, record.loss,
                      record.lr_unet, record.lr_ti)
-        if save_checkpoint is not None and record.step % cfg.checkpointing_steps == 0 and record.step < steps:
+        if (save_checkpoint is not None and record.step % cfg.checkpointing_steps == 0 and record.step < steps
+                and acc.is_main_process):
             path = Path(work_dir) / "checkpoints" / f"checkpoint-{record.step}"
             save_checkpoint(path, state)
             history.checkpoints.append(path)

@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import export, loop
+from . import distributed, export, loop
 from .config import TrainConfig, TrainingInputError
 
 log = logging.getLogger(__name__)
@@ -84,11 +84,14 @@ def train_on_prepared(dataset_dir: Path, cfg: TrainConfig, output_dir: Path, wor
         import weights
 
         base_dir = weights.resolve("sdxl-base")
-    state = loop.setup(cfg, dataset_dir, base_dir=base_dir)
-    history = loop.fit(state, work_dir, save_checkpoint=export.save_weights)
-    weights_dir = export.save_weights(work_dir / "weights", state)
-    del state
+    processes = distributed.num_processes()
+    if processes > 1:
+        distributed.launch(train_and_save, (dataset_dir, cfg, work_dir, base_dir), processes)
+    else:
+        train_and_save(dataset_dir, cfg, work_dir, base_dir)
     loop.release_memory()  # the validation pipeline loads next
+    weights_dir = work_dir / "weights"
+    checkpoints = sorted((work_dir / export.CHECKPOINTS_DIR).glob("checkpoint-*"))
     export.copy_dataset(dataset_dir, work_dir / "dataset")
     output_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -101,7 +104,7 @@ def train_on_prepared(dataset_dir: Path, cfg: TrainConfig, output_dir: Path, wor
         result = TrainingResult(
             weights=export.write_tar(weights_dir, output(output_dir / export.WEIGHTS_TAR)),
             checkpoints=(export.write_tar(work_dir / export.CHECKPOINTS_DIR, output(output_dir / export.CHECKPOINTS_TAR),
-                                          prefix=export.CHECKPOINTS_DIR) if history.checkpoints else None),
+                                          prefix=export.CHECKPOINTS_DIR) if checkpoints else None),
             dataset=export.write_tar(work_dir / "dataset", output(output_dir / export.DATASET_TAR), prefix="dataset"),
         )
         count = validate.NUM_IMAGES if validation_images is None else validation_images
@@ -113,3 +116,14 @@ def train_on_prepared(dataset_dir: Path, cfg: TrainConfig, output_dir: Path, wor
             path.unlink(missing_ok=True)
         raise
     return result
+
+
+def train_and_save(dataset_dir: Path, cfg: TrainConfig, work_dir: Path, base_dir: Path,
+                   accelerator=None) -> None:
+    """One process's training (one of several with several GPUs): the main process writes the checkpoints
+    into ``work_dir/checkpoints/`` and the final weights into ``work_dir/weights/``."""
+    state = loop.setup(cfg, dataset_dir, base_dir=base_dir, accelerator=accelerator)
+    loop.fit(state, work_dir, save_checkpoint=export.save_weights)
+    if state.accelerator.is_main_process:
+        export.save_weights(Path(work_dir) / "weights", state)
+    state.accelerator.wait_for_everyone()
