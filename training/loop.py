@@ -1,4 +1,5 @@
-"""The training loop: encode -> noise -> predict -> masked loss -> step -> restore embeddings -> checkpoint."""
+"""The training loop: encode -> noise -> predict -> masked loss -> step -> restore and renormalise the
+embeddings -> checkpoint."""
 
 from __future__ import annotations
 
@@ -204,8 +205,9 @@ def loss_on(state: TrainState, indices: torch.Tensor, noise: torch.Tensor, times
             prompt_embeds, pooled = encode_prompts(state, captions)  # encode
         noisy = state.noise_scheduler.add_noise(latents, noise, timesteps)  # noise
         dtype = state.unet.dtype
-        pred = (state.model or state.unet)(noisy.to(dtype), timesteps, encoder_hidden_states=prompt_embeds.to(dtype),  # predict
-                          added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}).sample
+        model = state.unet if state.model is None else state.model
+        pred = model(noisy.to(dtype), timesteps, encoder_hidden_states=prompt_embeds.to(dtype),  # predict
+                     added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}).sample
     if state.noise_scheduler.config.prediction_type == "v_prediction":
         target = state.noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
