@@ -103,8 +103,10 @@ def activation_bytes(unet, resolution: int, batch: int, dtype=torch.bfloat16) ->
     return kept + recompute
 
 
-def full_finetune_peak(unet, text_encoders, resolution: int, batch: int, optimizer: str = "adafactor") -> MemoryPlan:
-    """The plan above for ``unet`` (fp32 parameters, on the meta device) at ``resolution`` and ``batch``."""
+def full_finetune_peak(unet, text_encoders, resolution: int, batch: int, optimizer: str = "adafactor",
+                       activations: int | None = None) -> MemoryPlan:
+    """The plan above for ``unet`` (fp32 parameters, on the meta device) at ``resolution`` and ``batch``
+    (``activations``: a measurement to reuse; it does not depend on the optimizer)."""
     params = [p for p in unet.parameters()]
     n = sum(p.numel() for p in params)
     if optimizer == "adafactor":
@@ -119,7 +121,7 @@ def full_finetune_peak(unet, text_encoders, resolution: int, batch: int, optimiz
     encoders = sum(p.numel() for e in text_encoders for p in e.parameters()) * 4
     return MemoryPlan(weights=n * 4, grads=n * 4, optimizer_state=state, step_temporaries=temporaries,
                       text_encoders=encoders, autocast_copies=n * 2,
-                      activations=activation_bytes(unet, resolution, batch))
+                      activations=activation_bytes(unet, resolution, batch) if activations is None else activations)
 
 
 def _numel(shape) -> int:
