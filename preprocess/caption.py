@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import re
 from collections.abc import Iterable
 
 import torch
 from PIL import Image
 
 import weights
+from sdxl.trigger import contains_word, substitute
 
 from .errors import PreprocessError
 
@@ -50,18 +50,9 @@ class Captioner:
         del self.model
 
 
-def _word(token: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<!\w){re.escape(token)}(?!\w)", re.IGNORECASE)
-
-
-def has_token(text: str, token: str) -> bool:
-    """Whether ``token`` occurs in ``text`` as a whole word, in any case."""
-    return bool(_word(token).search(text))
-
-
 def compose(prefix: str, caption: str, token: str) -> str:
     """``"<prefix>, <caption>"``; the token, lowercased by BLIP's uncased tokenizer, gets its spelling back."""
-    caption = _word(token).sub(token, caption.strip())
+    caption = substitute(caption.strip(), token.lower(), token)
     prefix = prefix.strip()
     if not caption:
         return prefix
@@ -71,9 +62,10 @@ def compose(prefix: str, caption: str, token: str) -> str:
 
 
 def user_caption(prefix: str, caption: str, token: str) -> str:
-    """A caption from the csv: used as written when it names the token, else prefixed like a BLIP caption."""
-    if has_token(caption, token):
-        return _word(token).sub(token, caption.strip())
+    """A caption from the csv: used as written when it names the token (a whole word, exact spelling: the
+    rule of ``sdxl.trigger``), else prefixed like a BLIP caption."""
+    if contains_word(caption, token):
+        return caption.strip()
     return compose(prefix, caption, token)
 
 

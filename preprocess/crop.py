@@ -26,12 +26,17 @@ def square_box(size: tuple[int, int], center: tuple[float, float]) -> tuple[int,
     return left, top, left + side, top + side
 
 
+def crop_box(image: Image.Image, mask: Image.Image, *, salience: bool) -> tuple[int, int, int, int]:
+    """The square both are cropped to: on the mask's centre of mass if ``salience``, else centred."""
+    center = center_of_mass(mask) if salience else (image.width / 2, image.height / 2)
+    return square_box(image.size, center)
+
+
 def crop_pair(
     image: Image.Image, mask: Image.Image, *, salience: bool
 ) -> tuple[Image.Image, Image.Image]:
-    """Crop image and mask to the same square: on the mask's centre of mass if ``salience``, else centred."""
-    center = center_of_mass(mask) if salience else (image.width / 2, image.height / 2)
-    box = square_box(image.size, center)
+    """Crop image and mask to the same square (``crop_box``)."""
+    box = crop_box(image, mask, salience=salience)
     return image.crop(box), mask.crop(box)
 
 

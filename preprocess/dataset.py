@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -13,20 +12,23 @@ import torch
 from PIL import Image
 
 from . import caption as captions_mod
-from .crop import crop_pair, shrink
+from .crop import crop_box, shrink
 from .errors import PreprocessError
 from .images import load_image
-from .intake import FILETYPES, Member, read_archive
+from training import inputs
+
+from .intake import Member, read_archive
 from .masks import ClipSegMasker, FaceMasker, check_temperature, full_mask, parse_prompts
 from .upscale import Upscaler, resize
 
 log = logging.getLogger(__name__)
 
-MIN_RESOLUTION = 16
-MAX_RESOLUTION = 4096
 ANALYSIS_SIDE = 768  # images are kept at least this large (shorter side) for face detection and CLIPSeg
 STAGING = ".intake"  # inside out_dir, removed when done
-CSV_HEADER = ("image", "mask", "caption")
+# SDXL micro-conditioning columns (read by training.data): the photo's size before any resize, and
+# the crop's top-left corner in the photo scaled so its shorter side is `resolution` (as diffusers'
+# and kohya's SDXL trainers compute them).
+CSV_HEADER = ("image", "mask", "caption", "original_height", "original_width", "crop_top", "crop_left")
 
 
 @dataclass
@@ -37,20 +39,22 @@ class Example:
     image: Image.Image
     mask: Image.Image | None = None
     caption: str | None = None
+    original_size: tuple[int, int] = (0, 0)  # (height, width) of the decoded photo, before any resize
+    crop_top_left: tuple[int, int] = (0, 0)  # (top, left) at the scale where the shorter side is `resolution`
 
 
 def prepare(
     input_images: Path,
     out_dir: Path,
     *,
-    resolution: int = 512,
-    caption_prefix: str = "a photo of TOK",
-    token_string: str = "TOK",
-    mask_target_prompts: str | None = None,
-    crop_based_on_salience: bool = True,
-    use_face_detection_instead: bool = False,
-    clipseg_temperature: float = 1.0,
-    input_images_filetype: str = "infer",
+    resolution: int = inputs.RESOLUTION,
+    caption_prefix: str = inputs.CAPTION_PREFIX,
+    token_string: str = inputs.TOKEN_STRING,
+    mask_target_prompts: str | None = inputs.MASK_TARGET_PROMPTS,
+    crop_based_on_salience: bool = inputs.CROP_BASED_ON_SALIENCE,
+    use_face_detection_instead: bool = inputs.USE_FACE_DETECTION_INSTEAD,
+    clipseg_temperature: float = inputs.CLIPSEG_TEMPERATURE,
+    input_images_filetype: str = inputs.INPUT_IMAGES_FILETYPE,
     seed: int = 0,
     device: str = "cpu",
 ) -> Path:
@@ -84,18 +88,15 @@ def prepare(
 
 def _check_arguments(resolution, caption_prefix, token_string, mask_target_prompts, temperature, filetype, device):
     """Validate every cheap-to-check argument; return the parsed CLIPSeg prompts."""
-    if isinstance(resolution, bool) or not isinstance(resolution, int):
-        raise PreprocessError(f"resolution must be an integer, not {resolution!r}")
-    if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION or resolution % 8:
-        raise PreprocessError(
-            f"resolution must be a multiple of 8 between {MIN_RESOLUTION} and {MAX_RESOLUTION}, not {resolution}"
-        )
-    if not isinstance(token_string, str) or not token_string.strip() or re.search(r"\s", token_string):
-        raise PreprocessError(f"token_string must be a non-empty word without spaces, not {token_string!r}")
-    if not isinstance(caption_prefix, str) or not captions_mod.has_token(caption_prefix, token_string):
-        raise PreprocessError(f"caption_prefix {caption_prefix!r} must contain token_string {token_string!r} as a word")
-    if filetype not in FILETYPES:
-        raise PreprocessError(f"input_images_filetype must be one of {', '.join(FILETYPES)}, not {filetype!r}")
+    for name, problem in (
+        ("resolution", inputs.resolution_problem(resolution)),
+        ("token_string", inputs.token_string_problem(token_string)),
+        ("caption_prefix", inputs.caption_prefix_problem(caption_prefix, token_string)),
+    ):
+        if problem:
+            raise PreprocessError(f"{name} {problem}")
+    if filetype not in inputs.FILETYPES:
+        raise PreprocessError(f"input_images_filetype must be one of {', '.join(inputs.FILETYPES)}, not {filetype!r}")
     check_temperature(temperature)
     try:
         torch.device(device)
@@ -131,7 +132,9 @@ def _decode(members: list[Member], archive: Path, resolution: int) -> list[Examp
     for member in members:
         image = load_image(member.path, member.name)
         if image is not None:
-            examples.append(Example(member.name, shrink(image, max(resolution, ANALYSIS_SIDE))))
+            original_size = (image.height, image.width)
+            examples.append(Example(member.name, shrink(image, max(resolution, ANALYSIS_SIDE)),
+                                    original_size=original_size))
     if not examples:
         found = f"{len(members)} image file(s), none readable" if members else "no image files (png, jpg, jpeg, webp, bmp, gif)"
         raise PreprocessError(f"input_images: {archive.name} holds {found}")
@@ -172,7 +175,12 @@ def _add_captions(examples, csv_captions, prefix: str, token: str, seed: int, de
 
 def _crop_all(examples, resolution: int, salience: bool, device: str) -> list[Example]:
     """Square-crop image and mask together, upscale small images with Swin2SR, resize to ``resolution``."""
-    squares = [Example(ex.name, *crop_pair(ex.image, ex.mask, salience=salience), ex.caption) for ex in examples]
+    squares = []
+    for ex in examples:
+        left, top, right, _ = box = crop_box(ex.image, ex.mask, salience=salience)
+        scale = resolution / (right - left)  # the square's side becomes `resolution`
+        squares.append(Example(ex.name, ex.image.crop(box), ex.mask.crop(box), ex.caption, ex.original_size,
+                               (round(top * scale), round(left * scale))))
     upscaler = Upscaler(device) if any(sq.image.width < resolution for sq in squares) else None
     for sq in squares:
         sq.image = upscaler.to_resolution(sq.image, resolution) if upscaler else resize(sq.image, resolution)
@@ -190,7 +198,7 @@ def _write(out_dir: Path, squares: list[Example]) -> None:
         image_rel, mask_rel = f"images/{i:04d}.png", f"masks/{i:04d}.png"
         sq.image.convert("RGB").save(out_dir / image_rel)
         sq.mask.convert("L").save(out_dir / mask_rel)
-        rows.append((image_rel, mask_rel, sq.caption))
+        rows.append((image_rel, mask_rel, sq.caption, *sq.original_size, *sq.crop_top_left))
     with (out_dir / "captions.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_HEADER)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from training import inputs
+
 from .errors import PreprocessError
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ MAX_TOTAL_BYTES = 4 * 1024**3
 MAX_RATIO = 100  # uncompressed / compressed; deflate of real images stays far below
 RATIO_FLOOR = 4 * 1024**2  # members smaller than this are never called bombs
 _CHUNK = 1024**2
-FILETYPES = ("zip", "tar", "infer")
+FILETYPES = inputs.FILETYPES
 
 
 @dataclass(frozen=True)

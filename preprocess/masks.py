@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 FACE_MASK_FLOOR = 50  # background weight of face masks (as the reference): the rest of the picture still counts a little
 FACE_BOX_MARGIN = 0.25  # face mesh runs on the detection box grown by this fraction on each side
-FACE_MIN_CONFIDENCE = 0.5
+FACE_MIN_CONFIDENCE = 0.1  # as the reference: a low bar keeps more faces (a false face only shifts weight)
+CLIPSEG_FLOOR = 0.01  # the reference's bias: every pixel keeps a little weight (and so a little gradient)
 
 
 def full_mask(image: Image.Image) -> Image.Image:
@@ -48,7 +49,13 @@ def check_temperature(temperature: float) -> float:
 
 
 class ClipSegMasker:
-    """CLIPSegForImageSegmentation from the ``clipseg`` weight set; mask = max over prompts of sigmoid(logits / T)."""
+    """CLIPSegForImageSegmentation from the ``clipseg`` weight set, with the reference's formula.
+
+    For each prompt: softmax over [prompt, empty prompt] of logits / T, the prompt's share plus
+    CLIPSEG_FLOOR, divided by its maximum (so the most salient pixel is 255). Several comma-separated
+    prompts: the pixelwise maximum of their masks (one prompt is exactly the reference).
+    ``clipseg_temperature`` T is the documented blur: higher T, flatter masks.
+    """
 
     def __init__(self, prompts: list[str], temperature: float = 1.0, device: str = "cpu"):
         from transformers import AutoTokenizer, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessorPil
@@ -65,17 +72,28 @@ class ClipSegMasker:
 
     @torch.no_grad()
     def logits(self, image: Image.Image) -> torch.Tensor:
-        """Raw CLIPSeg logits, one (H', W') map per prompt."""
-        n = len(self.prompts)
+        """Raw CLIPSeg logits, one (H', W') map per prompt, then one for the empty prompt."""
+        texts = [*self.prompts, ""]
         inputs = self.processor(
-            text=self.prompts, images=[image] * n, padding=True, truncation=True, return_tensors="pt"
+            text=texts, images=[image] * len(texts), padding="max_length", truncation=True, return_tensors="pt"
         ).to(self.device)
         logits = self.model(**inputs).logits.float().cpu()
-        return logits.reshape(n, *logits.shape[-2:])
+        return logits.reshape(len(texts), *logits.shape[-2:])
+
+    def probabilities(self, image: Image.Image) -> torch.Tensor:
+        """The mask in [0, 1] at CLIPSeg's resolution (see the class docstring)."""
+        logits = self.logits(image) / self.temperature
+        empty = logits[-1]
+        masks = []
+        for prompt_logits in logits[:-1]:
+            share = torch.softmax(torch.stack([prompt_logits, empty]), dim=0)[0]
+            share = (share + CLIPSEG_FLOOR).clamp(0, 1)
+            masks.append(share / share.max())
+        return torch.stack(masks).amax(dim=0)
 
     def mask(self, image: Image.Image) -> Image.Image:
-        """Soft mask of ``image`` at its size: higher temperature gives softer values (nearer 128)."""
-        probs = torch.sigmoid(self.logits(image) / self.temperature).amax(dim=0)
+        """Soft mask of ``image`` at its size."""
+        probs = self.probabilities(image)
         mask = Image.fromarray(np.rint(probs.numpy() * 255).astype(np.uint8), "L")
         return mask.resize(image.size, Image.Resampling.BILINEAR)
 

@@ -22,9 +22,12 @@ ADAPTER = "replicate_weights"
 
 
 def substitute_tokens(prompt: str, token_map: dict[str, str]) -> str:
-    """Replace each trigger word (e.g. TOK) with its tokens, on whole words only ("TOKYO" stays)."""
+    """Replace each trigger word (e.g. TOK) with its tokens, by the trainer's rule (``sdxl.trigger``:
+    whole words, exact spelling: "TOKYO" stays)."""
+    from .trigger import substitute
+
     for word, tokens in token_map.items():
-        prompt = re.sub(rf"(?<![\w]){re.escape(word)}(?![\w])", lambda _: tokens, prompt)
+        prompt = substitute(prompt, word, tokens)
     return prompt
 
 

@@ -32,6 +32,7 @@ from safetensors.torch import load_file
 
 from .lora_formats import Header, Kind, classify, describe_non_safetensors, read_header
 from .models import Models
+from .trigger import new_token_names
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class TrainedWeights:
 
     @property
     def tokens(self) -> list[str]:
-        return [f"<s{i}>" for i in range(self.embeddings[0].shape[0])] if self.embeddings else []
+        return new_token_names(self.embeddings[0].shape[0]) if self.embeddings else []
 
     @property
     def has_lora(self) -> bool:

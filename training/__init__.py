@@ -1,11 +1,13 @@
 """SDXL fine-tuning: pivotal tuning of new tokens plus LoRA (or a full UNet fine-tune).
 
 ``train_model(input_images, TrainConfig(...))`` is what ``train.py`` calls; the pieces:
-config (inputs and validation), tokens (pivotal tuning), data (prepared dataset, latent cache),
-loop (the training loop), export (the reference weight format and the tar), run (the whole flow).
+inputs (the one table of defaults and limits), config (TrainConfig and its validation), tokens (pivotal
+tuning), data (prepared dataset, latent cache), loop (the training loop), memory (the full fine-tune's
+memory plan), distributed (one process per GPU), export + formats (the tars), validate (validation
+images through the predictor's engine), run (the whole flow).
 """
 
 from .config import TrainConfig, TrainingInputError
-from .run import train_model, train_on_prepared
+from .run import TrainingResult, train_model, train_on_prepared
 
-__all__ = ["TrainConfig", "TrainingInputError", "train_model", "train_on_prepared"]
+__all__ = ["TrainConfig", "TrainingInputError", "TrainingResult", "train_model", "train_on_prepared"]

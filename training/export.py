@@ -1,8 +1,9 @@
-"""The output: weights in the reference (replicate/cog-sdxl) format, checkpoints, the dataset, one tar.
+"""The outputs: weights in the reference (replicate/cog-sdxl) format, checkpoints, the dataset, as tars.
 
-The final weights also come in the formats other tools read (``formats``: diffusers, kohya, SDXL
-embedding, README), beside the reference files, which stay exactly as the reference writes them.
-Checkpoints keep the reference files only.
+The weights tar is lean: the reference files (exactly as the reference writes them: what both
+predictors load), ONE universal LoRA file in fp16 and the SDXL embedding (``formats``), a README.
+Checkpoints (reference files only) and the prepared dataset go to tars of their own, separate
+outputs of the training, so a ``replicate_weights`` load downloads only the weights.
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ def legacy_lora_state_dict(unet) -> dict[str, torch.Tensor]:
 
 
 CHECKPOINTS_DIR = "checkpoints"
+WEIGHTS_TAR = "trained_model.tar"
+CHECKPOINTS_TAR = "checkpoints.tar"
+DATASET_TAR = "dataset.tar"
 
 
 def save_weights(out_dir: Path, state, *, interop: bool | None = None) -> Path:
     """Write the trained weights of ``state`` (a loop.TrainState) into ``out_dir``.
 
-    ``interop``: also write the diffusers/kohya/embedding files and the README; by default yes, except
+    ``interop``: also write the universal LoRA, the embedding file and the README; by default yes, except
     for checkpoints (``loop.fit`` saves them into ``checkpoints/checkpoint-N``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,9 +85,9 @@ def copy_dataset(dataset_dir: Path, out_dir: Path) -> None:
     shutil.copy2(dataset_dir / "captions.csv", out_dir / "captions.csv")
 
 
-def write_tar(src_dir: Path, tar_path: Path) -> Path:
-    """Tar the content of ``src_dir`` (relative member names, sorted) into ``tar_path`` atomically:
-    the tar appears complete or not at all."""
+def write_tar(src_dir: Path, tar_path: Path, prefix: str = "") -> Path:
+    """Tar the content of ``src_dir`` (relative member names, sorted, under ``prefix/`` when given) into
+    ``tar_path`` atomically: the tar appears complete or not at all."""
     src_dir, tar_path = Path(src_dir), Path(tar_path)
     tar_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{tar_path.name}.", suffix=".partial", dir=tar_path.parent)
@@ -92,7 +96,8 @@ def write_tar(src_dir: Path, tar_path: Path) -> Path:
         with tarfile.open(tmp, "w") as tar:
             for path in sorted(src_dir.rglob("*")):
                 if path.is_file() and not path.is_symlink():
-                    tar.add(path, arcname=path.relative_to(src_dir).as_posix(), recursive=False)
+                    name = path.relative_to(src_dir).as_posix()
+                    tar.add(path, arcname=f"{prefix}/{name}" if prefix else name, recursive=False)
         os.replace(tmp, tar_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,13 +1,14 @@
 """The trained weights in the formats other tools read, written beside the reference files.
 
-- ``pytorch_lora_weights.safetensors``: diffusers/peft (``pipe.load_lora_weights(folder)``), with the
-  LoRA config as diffusers' adapter metadata;
-- ``<name>.safetensors``: kohya (``lora_unet_…lora_down/lora_up.weight`` + ``.alpha``) for ComfyUI,
-  Automatic1111/Forge, InvokeAI; alpha = peft's lora_alpha, so alpha/rank is the trained scale;
+- ``<name>.safetensors``: the ONE universal LoRA file, kohya format in fp16
+  (``lora_unet_…lora_down/lora_up.weight`` + ``.alpha``): ComfyUI, Automatic1111/Forge, InvokeAI and
+  diffusers (``pipe.load_lora_weights(path)`` converts kohya keys) all load it; alpha = peft's
+  lora_alpha, so alpha/rank is the trained scale. fp16 as every published SDXL LoRA: half the bytes,
+  and what the predictors compute in anyway;
 - ``<name>_emb.safetensors``: the new token rows as an SDXL embedding (``clip_l`` [N, 768], ``clip_g`` [N, 1280]);
 - ``README.txt``: which file is for which tool, and the prompt tokens.
 
-All are made with diffusers' converters from the same tensors as the reference files (fp32).
+Made with diffusers' converters from the same tensors as the reference files.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
+KOHYA_DTYPE = torch.float16
 README_FILE = "README.txt"
 
 
@@ -46,13 +47,6 @@ def unet_lora_peft(unet) -> tuple[dict[str, torch.Tensor], dict]:
     return state, config
 
 
-def diffusers_lora(peft_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """peft keys -> diffusers' keys, as the diffusers training scripts save them (``unet.`` added by save)."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-
-    return convert_state_dict_to_diffusers(peft_state)
-
-
 def kohya_lora(peft_state: dict[str, torch.Tensor], lora_alpha: float) -> dict[str, torch.Tensor]:
     """peft keys -> kohya keys (``lora_unet_down_blocks_1_…_attn1_to_q.lora_down.weight``) with ``.alpha``.
 
@@ -61,8 +55,8 @@ def kohya_lora(peft_state: dict[str, torch.Tensor], lora_alpha: float) -> dict[s
     from diffusers.utils import convert_state_dict_to_kohya
 
     kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_state.items()})
-    return {k: torch.tensor(float(lora_alpha), dtype=torch.float32) if k.endswith(".alpha") else v.contiguous()
-            for k, v in kohya.items()}
+    return {k: torch.tensor(float(lora_alpha), dtype=KOHYA_DTYPE) if k.endswith(".alpha")
+            else v.to(KOHYA_DTYPE).contiguous() for k, v in kohya.items()}
 
 
 def sdxl_embeddings(new_rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -72,8 +66,6 @@ def sdxl_embeddings(new_rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 def save_interop(out_dir: Path, state) -> list[str]:
     """Write the extra formats of ``state`` (a loop.TrainState) into ``out_dir``; returns the file names."""
-    from diffusers import StableDiffusionXLPipeline
-
     out_dir = Path(out_dir)
     cfg = state.cfg
     written = []
@@ -85,11 +77,6 @@ def save_interop(out_dir: Path, state) -> list[str]:
     kohya_name = None
     if cfg.is_lora:
         peft_state, config = unet_lora_peft(state.unet)
-        StableDiffusionXLPipeline.save_lora_weights(
-            out_dir, unet_lora_layers=diffusers_lora(peft_state), unet_lora_adapter_metadata=config,
-            weight_name=DIFFUSERS_LORA_FILE, safe_serialization=True,
-        )
-        written.append(DIFFUSERS_LORA_FILE)
         kohya_name = kohya_file(cfg.token_string)
         alpha = float(config["lora_alpha"])
         rank = int(config["r"])
@@ -125,13 +112,12 @@ def readme(token_string: str, names: list[str], kohya_name: str | None, emb_name
     ]
     if is_lora:
         lines += [
-            f"{DIFFUSERS_LORA_FILE}",
-            "    diffusers / peft: pipe.load_lora_weights(folder) (or weight_name=...); scale with",
-            "    cross_attention_kwargs={\"scale\": 0.6}.",
             f"{kohya_name}",
-            "    kohya format for ComfyUI (LoraLoader), Automatic1111 / Forge (models/Lora, then",
-            f"    <lora:{Path(kohya_name).stem}:0.6> in the prompt), InvokeAI, SD.Next. alpha = rank: strength 1",
-            "    is the trained strength (this predictor's lora_scale).",
+            "    the LoRA for every other tool (kohya format, fp16; alpha = rank: strength 1 is the trained",
+            "    strength, this predictor's lora_scale):",
+            "    ComfyUI (models/loras, LoraLoader); Automatic1111 / Forge (models/Lora, then",
+            f"    <lora:{Path(kohya_name).stem}:0.6> in the prompt); InvokeAI; SD.Next;",
+            f"    diffusers: pipe.load_lora_weights(\"{kohya_name}\"), then cross_attention_kwargs={{\"scale\": 0.6}}.",
         ]
     lines += [
         f"{emb_name}",
@@ -148,7 +134,7 @@ def readme(token_string: str, names: list[str], kohya_name: str | None, emb_name
         f"    and write {tokens} where the trigger word goes, e.g. \"a photo of {tokens}\".",
         "",
         "Use the LoRA and the embedding together: the LoRA was trained with these tokens in the captions.",
-        "checkpoints/ holds intermediate weights (reference format); dataset/ the images and captions trained on.",
+        "Intermediate checkpoints and the prepared dataset are separate outputs of the training.",
         "",
     ]
     return "\n".join(lines)

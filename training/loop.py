@@ -1,4 +1,5 @@
-"""The training loop: encode -> noise -> predict -> masked loss -> step -> restore embeddings -> checkpoint."""
+"""The training loop: encode -> noise -> predict -> masked loss -> step -> restore and renormalise the
+embeddings -> checkpoint."""
 
 from __future__ import annotations
 
@@ -34,10 +35,15 @@ class TrainState:
     tokens: PivotalTokens
     data: LatentCache
     dataset: PreparedDataset
+    model: torch.nn.Module | None = None  # what the forward pass calls: the UNet, or its DDP wrapper (several processes)
 
     @property
     def device(self) -> torch.device:
         return self.accelerator.device
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
 
 
 @dataclass
@@ -56,11 +62,12 @@ class History:
     total_steps: int = 0
 
 
-def total_steps(cfg: TrainConfig, n_examples: int) -> int:
-    """max_train_steps wins over num_train_epochs; 0 means: train num_train_epochs epochs."""
+def total_steps(cfg: TrainConfig, n_examples: int, world: int = 1) -> int:
+    """max_train_steps wins over num_train_epochs; 0 means: train num_train_epochs epochs (of global
+    batches: train_batch_size per process)."""
     if cfg.max_train_steps > 0:
         return cfg.max_train_steps
-    return cfg.num_train_epochs * math.ceil(n_examples / cfg.train_batch_size)
+    return cfg.num_train_epochs * math.ceil(n_examples / (cfg.train_batch_size * world))
 
 
 def make_accelerator():
@@ -71,6 +78,27 @@ def make_accelerator():
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     return Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
+
+
+def release_memory() -> None:
+    """Give the memory of a finished training back (the caller dropped its TrainState)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def variant_in(base_dir: Path, subfolder: str) -> str | None:
+    """The weight variant of ``base_dir/subfolder``, detected as the predictor does (sdxl.models.variant_of),
+    per folder: the production layout is fp16 throughout, a Hugging Face snapshot has no variant, and the
+    fp16-fix VAE beside fp16 files has none either."""
+    from sdxl.models import variant_of
+
+    variant = variant_of(Path(base_dir))
+    if variant and not any((Path(base_dir) / subfolder).glob(f"*.{variant}.safetensors")):
+        return None
+    return variant
 
 
 def setup(cfg: TrainConfig, dataset_dir: Path, base_dir: Path | None = None, accelerator=None) -> TrainState:
@@ -90,17 +118,19 @@ def setup(cfg: TrainConfig, dataset_dir: Path, base_dir: Path | None = None, acc
 
     # The text encoders stay fp32 everywhere: their new embedding rows train in fp32, and a bf16
     # encoder fed fp32 embeddings would mix dtypes. The frozen UNet of a LoRA run is bf16 on GPU.
-    load = dict(variant="fp16", torch_dtype=torch.float32)
+    def load(cls, subfolder, dtype=torch.float32):
+        return cls.from_pretrained(base_dir, subfolder=subfolder, variant=variant_in(base_dir, subfolder),
+                                   torch_dtype=dtype)
+
     tokenizers = [CLIPTokenizer.from_pretrained(base_dir, subfolder=s) for s in ("tokenizer", "tokenizer_2")]
     text_encoders = [
-        CLIPTextModel.from_pretrained(base_dir, subfolder="text_encoder", **load).to(device),
-        CLIPTextModelWithProjection.from_pretrained(base_dir, subfolder="text_encoder_2", **load).to(device),
+        load(CLIPTextModel, "text_encoder").to(device),
+        load(CLIPTextModelWithProjection, "text_encoder_2").to(device),
     ]
-    vae = AutoencoderKL.from_pretrained(base_dir, subfolder="vae", variant="fp16", torch_dtype=torch.float32).to(device)
+    vae = load(AutoencoderKL, "vae").to(device)
     noise_scheduler = DDPMScheduler.from_pretrained(base_dir, subfolder="scheduler")
     # Trained weights are fp32 (a bf16 UNet would round lr=1e-6 updates away); autocast does the rest.
-    unet_dtype = frozen_dtype if cfg.is_lora else torch.float32
-    unet = UNet2DConditionModel.from_pretrained(base_dir, subfolder="unet", variant="fp16", torch_dtype=unet_dtype)
+    unet = load(UNet2DConditionModel, "unet", frozen_dtype if cfg.is_lora else torch.float32)
     unet.to(device)
 
     tokens = PivotalTokens(tokenizers, text_encoders, cfg.token_string, cfg.num_new_tokens,
@@ -126,7 +156,10 @@ def setup(cfg: TrainConfig, dataset_dir: Path, base_dir: Path | None = None, acc
     dataset = PreparedDataset(dataset_dir, cfg.resolution, substitute=tokens.substitute)
     data = LatentCache.build(dataset, vae, device)
     del vae  # latents are cached: the VAE is not needed any more
-    return TrainState(cfg, accelerator, tokenizers, text_encoders, unet, noise_scheduler, tokens, data, dataset)
+    model = unet
+    if accelerator.num_processes > 1:  # data parallel: accelerate wraps the UNet in DDP (its gradients all-reduced)
+        model = accelerator.prepare(unet)
+    return TrainState(cfg, accelerator, tokenizers, text_encoders, unet, noise_scheduler, tokens, data, dataset, model)
 
 
 def encode_prompts(state: TrainState, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,11 +175,26 @@ def encode_prompts(state: TrainState, captions: list[str]) -> tuple[torch.Tensor
     return torch.cat(hidden, dim=-1), pooled
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mse_per_sample(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the masked area of each sample (mask in [0,1], broadcast over channels)."""
     err = (pred.float() - target.float()) ** 2 * mask
-    per_sample = err.sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * pred.shape[1]).clamp_min(1e-6)
-    return per_sample.mean()
+    return err.sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * pred.shape[1]).clamp_min(1e-6)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return masked_mse_per_sample(pred, target, mask).mean()
+
+
+def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, snr_gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights per sample, as diffusers' training scripts compute them: min(SNR, gamma) / SNR
+    for epsilon prediction, / (SNR + 1) for v-prediction (diffusers.training_utils.compute_snr)."""
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps)
+    weights = torch.clamp(snr, max=snr_gamma)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return weights / (snr + 1)
+    return weights / snr
 
 
 def loss_on(state: TrainState, indices: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -157,30 +205,43 @@ def loss_on(state: TrainState, indices: torch.Tensor, noise: torch.Tensor, times
             prompt_embeds, pooled = encode_prompts(state, captions)  # encode
         noisy = state.noise_scheduler.add_noise(latents, noise, timesteps)  # noise
         dtype = state.unet.dtype
-        pred = state.unet(noisy.to(dtype), timesteps, encoder_hidden_states=prompt_embeds.to(dtype),  # predict
-                          added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}).sample
+        model = state.unet if state.model is None else state.model
+        pred = model(noisy.to(dtype), timesteps, encoder_hidden_states=prompt_embeds.to(dtype),  # predict
+                     added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}).sample
     if state.noise_scheduler.config.prediction_type == "v_prediction":
         target = state.noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
-    return masked_mse(pred, target, masks)
+    per_sample = masked_mse_per_sample(pred, target, masks)
+    if state.cfg.snr_gamma is not None:
+        per_sample = per_sample * min_snr_weights(state.noise_scheduler, timesteps, state.cfg.snr_gamma).to(per_sample)
+    return per_sample.mean()
 
 
 def make_optimizer(state: TrainState):
-    """Group 0: the embeddings at ti_lr; group 1: the LoRA (lora_lr) or the whole UNet (unet_learning_rate)."""
+    """Group 0: the embeddings at ti_lr; group 1: the LoRA (lora_lr) or the whole UNet (unet_learning_rate).
+    AdamW for a LoRA, Adafactor for a full fine-tune (``memory``: it fits 48 GB)."""
     from diffusers.optimization import get_scheduler
 
     cfg = state.cfg
     unet_params = [p for p in state.unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([
+    groups = [
         {"params": state.tokens.parameters(), "lr": cfg.ti_lr, "weight_decay": TI_WEIGHT_DECAY},
         {"params": unet_params, "lr": cfg.lora_lr if cfg.is_lora else cfg.unet_learning_rate,
          "weight_decay": UNET_WEIGHT_DECAY},
-    ])
-    name = "linear" if cfg.lr_scheduler == "linear" else (
-        "constant_with_warmup" if cfg.lr_warmup_steps > 0 else "constant")
-    steps = total_steps(cfg, len(state.data))
-    scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=steps)
+    ]
+    if cfg.is_lora:
+        optimizer = torch.optim.AdamW(groups)
+    else:  # the full fine-tune's memory plan (training/memory.py): Adafactor at a fixed lr
+        from transformers.optimization import Adafactor
+
+        optimizer = Adafactor(groups, lr=cfg.unet_learning_rate, relative_step=False, scale_parameter=False,
+                              warmup_init=False)
+    # lr_warmup_steps is "for lr schedulers with warmups" (the documented input): "linear" warms up,
+    # "constant" is constant from the first step - as the reference, which hands both to get_scheduler.
+    steps = total_steps(cfg, len(state.data), state.world)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                              num_training_steps=steps)
     return optimizer, scheduler
 
 
@@ -189,6 +250,18 @@ def pivot(tokens: PivotalTokens, scheduler) -> None:
     tokens.stop_training()  # no gradients -> AdamW skips them
     scheduler.lr_lambdas[0] = lambda _step: 0.0  # and their lr is 0 from now on
     scheduler.optimizer.param_groups[0]["lr"] = 0.0
+
+
+def shard_loss(state: TrainState, indices: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """This process's part of the global batch's loss, scaled so that the mean DDP takes over the processes
+    is the global batch's mean loss (shards may differ in size at an epoch's end; an empty shard runs one
+    example at weight 0, so every process takes part in the all-reduce)."""
+    acc = state.accelerator
+    part = torch.arange(len(indices)).tensor_split(state.world)[acc.process_index]
+    if len(part) == 0:
+        return loss_on(state, indices[:1], noise[:1], timesteps[:1]) * 0.0
+    loss = loss_on(state, indices[part], noise[part.to(noise.device)], timesteps[part.to(timesteps.device)])
+    return loss * (len(part) * state.world / len(indices))
 
 
 def batches(n: int, batch_size: int, rng: torch.Generator):
@@ -202,36 +275,47 @@ def fit(state: TrainState, work_dir: Path, save_checkpoint=None) -> History:
     from tqdm.auto import tqdm
 
     cfg, acc = state.cfg, state.accelerator
-    n = len(state.data)
-    steps = total_steps(cfg, n)
+    n, world = len(state.data), state.world
+    steps = total_steps(cfg, n, world)
     history = History(pivot_step=max(1, int(steps * cfg.pivot_fraction)), total_steps=steps)
     optimizer, scheduler = make_optimizer(state)
-    rng = torch.Generator().manual_seed(cfg.seed)  # data order, noise and timesteps
+    rng = torch.Generator().manual_seed(cfg.seed)  # data order, noise and timesteps: the same in every process
     num_timesteps = state.noise_scheduler.config.num_train_timesteps
-    log.info("training %d steps on %d images, batch %d, seed %d, %s, pivot at step %d",
-             steps, n, cfg.train_batch_size, cfg.seed, "LoRA" if cfg.is_lora else "full UNet", history.pivot_step)
+    log.info("training %d steps on %d images, batch %d x %d process(es), seed %d, %s, pivot at step %d",
+             steps, n, cfg.train_batch_size, world, cfg.seed, "LoRA" if cfg.is_lora else "full UNet",
+             history.pivot_step)
 
     state.tokens.start_training()
     state.unet.train()
-    data_order = batches(n, cfg.train_batch_size, rng)
-    bar = tqdm(total=steps, desc="training", disable=not cfg.verbose)
+    data_order = batches(n, cfg.train_batch_size * world, rng)
+    bar = tqdm(total=steps, desc="training", disable=not cfg.verbose or not acc.is_main_process)
     started = time.monotonic()
     for step in range(steps):
         if step == history.pivot_step:
             pivot(state.tokens, scheduler)
             log.info("step %d: pivot - the embeddings stop training", step)
-        indices = next(data_order)
+        indices = next(data_order)  # the global batch
         latents_shape = (len(indices), *state.data.latents.shape[1:])
         noise = torch.randn(latents_shape, generator=rng).to(state.device)
         timesteps = torch.randint(0, num_timesteps, (len(indices),), generator=rng).to(state.device)
-        loss = loss_on(state, indices, noise, timesteps)
+        if cfg.noise_offset:  # diffusers' --noise_offset; drawn only when set: the default random stream stays
+            offset = torch.randn((*latents_shape[:2], 1, 1), generator=rng).to(state.device)
+            noise = noise + cfg.noise_offset * offset
+        if world == 1:
+            loss = loss_on(state, indices, noise, timesteps)
+        else:
+            loss = shard_loss(state, indices, noise, timesteps)
 
         acc.backward(loss)
+        if world > 1 and state.tokens.training:  # the UNet's grads are DDP's; the embeddings' are reduced here
+            for p in state.tokens.parameters():
+                p.grad = acc.reduce(p.grad, reduction="mean")
         lrs = [group["lr"] for group in optimizer.param_groups]  # the lrs this step uses
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.tokens.restore_frozen_rows()
+        state.tokens.renormalize_new_rows()
 
         record = StepLog(step + 1, loss.item(), lr_unet=lrs[1], lr_ti=lrs[0])
         history.steps.append(record)
@@ -240,7 +324,8 @@ def fit(state: TrainState, work_dir: Path, save_checkpoint=None) -> History:
         if cfg.verbose or record.step % 50 == 0 or record.step == steps:
             log.info("step %d/%d loss %.5f lr %.3e ti_lr %.3e", record.step, steps, record.loss,
                      record.lr_unet, record.lr_ti)
-        if save_checkpoint is not None and record.step % cfg.checkpointing_steps == 0 and record.step < steps:
+        if (save_checkpoint is not None and record.step % cfg.checkpointing_steps == 0 and record.step < steps
+                and acc.is_main_process):
             path = Path(work_dir) / "checkpoints" / f"checkpoint-{record.step}"
             save_checkpoint(path, state)
             history.checkpoints.append(path)

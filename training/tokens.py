@@ -7,26 +7,11 @@ parameter). At the pivot the embeddings stop training altogether.
 
 from __future__ import annotations
 
-import re
-
 import torch
 
+from sdxl.trigger import new_token_names, substitute
 
-def new_token_names(n: int) -> list[str]:
-    return [f"<s{i}>" for i in range(n)]
-
-
-def _word_pattern(word: str) -> re.Pattern:
-    return re.compile(rf"(?<!\w){re.escape(word)}(?!\w)")
-
-
-def contains_word(text: str, word: str) -> bool:
-    return bool(_word_pattern(word).search(text))
-
-
-def substitute(text: str, token_string: str, replacement: str) -> str:
-    """Replace ``token_string`` by ``replacement`` on whole words only ("stock", "Tokyo" stay)."""
-    return _word_pattern(token_string).sub(replacement, text)
+RENORM_POWER = 0.1  # the reference's off_ratio ** 0.1: a gentle pull each step, not a reset
 
 
 def token_embedding(text_encoder) -> torch.nn.Embedding:
@@ -94,6 +79,22 @@ class PivotalTokens:
     def restore_frozen_rows(self) -> None:
         for p, frozen, snapshot in zip(self.parameters(), self.frozen_rows, self.snapshots):
             p[frozen] = snapshot[frozen]
+
+    @torch.no_grad()
+    def renormalize_new_rows(self) -> None:
+        """Pull the new rows' spread a step toward the vocabulary's, as the reference's
+        ``retract_embeddings`` (and diffusers' advanced SDXL script) do after every optimizer step:
+        rows *= (vocabulary std / new rows' std) ** RENORM_POWER.
+
+        Without it a high ``ti_lr`` inflates the trigger tokens until they drown the rest of the
+        prompt. Only while the embeddings train: after the pivot they are constants.
+        """
+        if not self.training:
+            return
+        for p, frozen, snapshot in zip(self.parameters(), self.frozen_rows, self.snapshots):
+            vocab_std = snapshot[frozen].std()
+            new = p[~frozen]
+            p[~frozen] = new * (vocab_std / new.std()) ** RENORM_POWER
 
     def new_rows(self) -> dict[str, torch.Tensor]:
         """``embeddings.pti`` content: ``text_encoders_{i}`` = rows of <s0>..<sN-1> in encoder i."""

@@ -65,7 +65,7 @@ def test_training_failing_mid_way_leaves_no_partial_output(tmp_path, private_tmp
 
         monkeypatch.setattr(tarfile.TarFile, "add", add)
     with pytest.raises((RuntimeError, OSError), match="simulated"):
-        train_model(archive, cfg, output_tar=out_tar)
+        train_model(archive, cfg, output_dir=out_tar.parent)
     assert not out_tar.exists()
     assert [p.name for p in out_tar.parent.iterdir()] == [] if out_tar.parent.exists() else True
     assert _left(private_tmp) == [], "training work folders left behind"

@@ -56,9 +56,8 @@ def trained(tmp_path_factory):
         loop.fit(state, root / "work", save_checkpoint=export.save_weights)
     finally:
         torch.set_num_threads(threads)
-    work = root / "work"
+    work = root / "work" / "weights"
     export.save_weights(work, state)
-    export.copy_dataset(prepared, work / "dataset")
     tar = export.write_tar(work, root / "trained_model.tar")
     files = root / "files"
     with tarfile.open(tar) as t:

@@ -1,4 +1,5 @@
-"""The trainer's tar: the reference files exactly as before, plus diffusers, kohya, SDXL-embedding files and a README."""
+"""The trainer's tar: the reference files exactly as before, plus one universal (kohya, fp16) LoRA, the SDXL
+embedding and a README."""
 
 from __future__ import annotations
 
@@ -20,21 +21,9 @@ def test_reference_files_are_byte_identical_to_the_pre_interop_writer(trained):
     assert not any("alpha" in k for k in lora)
 
 
-def test_the_tar_holds_every_format(trained):
+def test_the_tar_holds_the_reference_files_and_one_universal_lora(trained):
     names = {p.name for p in trained.files.iterdir()}
-    assert {*REFERENCE, "pytorch_lora_weights.safetensors", "tok.safetensors", "tok_emb.safetensors",
-            "README.txt", "dataset"} <= names
-
-
-def test_diffusers_file_has_the_trained_weights_and_config(trained):
-    diff = load_file(trained.files / "pytorch_lora_weights.safetensors")
-    legacy = load_file(trained.files / "lora.safetensors")
-    assert len(diff) == len(legacy) and all(k.startswith("unet.") for k in diff)
-    k = "down_blocks.1.attentions.0.transformer_blocks.0.attn1"
-    torch.testing.assert_close(diff[f"unet.{k}.to_q.lora.down.weight"],
-                               legacy[f"{k}.processor.to_q_lora.down.weight"], rtol=0, atol=0)
-    with safe_open(trained.files / "pytorch_lora_weights.safetensors", "pt") as f:
-        assert "lora_adapter_metadata" in f.metadata()
+    assert names == {*REFERENCE, "tok.safetensors", "tok_emb.safetensors", "README.txt"}
 
 
 def test_kohya_file_keys_and_alpha_equal_to_rank(trained):
@@ -44,9 +33,10 @@ def test_kohya_file_keys_and_alpha_equal_to_rank(trained):
     assert not bad, bad[:3]
     alphas = [v for k, v in kohya.items() if k.endswith(".alpha")]
     assert len(alphas) * 2 == len(legacy) and all(float(a) == trained.rank for a in alphas)  # scale 1 = trained
+    assert {v.dtype for v in kohya.values()} == {torch.float16}
     k = "down_blocks.1.attentions.0.transformer_blocks.0.attn2"
     torch.testing.assert_close(kohya[f"lora_unet_{k.replace('.', '_')}_to_out_0.lora_up.weight"],
-                               legacy[f"{k}.processor.to_out_lora.up.weight"], rtol=0, atol=0)
+                               legacy[f"{k}.processor.to_out_lora.up.weight"].half(), rtol=0, atol=0)
     with safe_open(trained.files / "tok.safetensors", "pt") as f:
         assert f.metadata()["ss_base_model_version"].startswith("sdxl")
 
@@ -62,7 +52,7 @@ def test_sdxl_embedding_file_is_the_reference_rows(trained):
 
 def test_readme_says_which_file_for_which_tool(trained):
     text = (trained.files / "README.txt").read_text()
-    for needle in ("pytorch_lora_weights.safetensors", "load_lora_weights", "tok.safetensors", "ComfyUI",
+    for needle in ("load_lora_weights", "tok.safetensors", "ComfyUI", "InvokeAI",
                    "Automatic1111", "<lora:tok:", "tok_emb.safetensors", "embedding:tok_emb", "<s0><s1>", "TOK",
                    "load_textual_inversion"):
         assert needle in text, needle

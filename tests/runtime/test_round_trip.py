@@ -49,9 +49,9 @@ def _tar(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _weights(body: dict) -> bytes:
+def _output(body: dict, field: str = "weights") -> bytes:
     assert body["status"] == "succeeded", body.get("error")
-    header, _, payload = body["output"]["weights"].partition(",")
+    header, _, payload = body["output"][field].partition(",")
     assert header.startswith("data:") and header.endswith(";base64")
     return base64.b64decode(payload)
 
@@ -70,11 +70,12 @@ def trained(make_api, files, tmp_path_factory) -> dict[str, Path]:
         zeke = api.data_uri(_zip(DATASETS / "zeke"), "application/zip")
         status, body = api.post({"input_images": zeke, "use_face_detection_instead": True, **QUICK}, "/trainings")
         assert status == 200, body
-        (out / "zeke.tar").write_bytes(_weights(body))
+        (out / "zeke.tar").write_bytes(_output(body))
         status, body = api.post({"input_images": files.url + "/dataset", **QUICK}, "/trainings")
         assert status == 200, body
-        (out / "monster.tar").write_bytes(_weights(body))
-    return {"zeke": out / "zeke.tar", "monster": out / "monster.tar"}
+        (out / "monster.tar").write_bytes(_output(body))
+        (out / "monster-dataset.tar").write_bytes(_output(body, "dataset"))
+    return {"zeke": out / "zeke.tar", "monster": out / "monster.tar", "monster-dataset": out / "monster-dataset.tar"}
 
 
 def _pixels(api, body) -> np.ndarray:
@@ -87,7 +88,7 @@ def test_monster_captions_come_from_its_csv(trained):
 
     with open(DATASETS / "monster" / "caption.csv", newline="") as f:
         expected = {row["caption"] for row in csv.DictReader(f)}
-    with tarfile.open(trained["monster"]) as tar:
+    with tarfile.open(trained["monster-dataset"]) as tar:
         rows = list(csv.DictReader(io.StringIO(tar.extractfile("dataset/captions.csv").read().decode())))
     assert {row["caption"] for row in rows} == expected
 

@@ -58,18 +58,22 @@ def trained_tar(photos_zip, tmp_path_factory) -> tuple[Path, list[str]]:
         logger.removeHandler(handler)
         logger.setLevel(old)
     assert isinstance(out, train_module.TrainingOutput)
-    copy = tmp_path_factory.mktemp("kept") / "weights.tar"
-    copy.write_bytes(Path(out.weights).read_bytes())
-    shutil.rmtree(Path(out.weights).parent)  # train() wrote it into a fresh temporary directory
-    return copy, records
+    kept = tmp_path_factory.mktemp("kept")
+    for name in ("weights", "checkpoints", "dataset"):
+        (kept / f"{name}.tar").write_bytes(Path(getattr(out, name)).read_bytes())
+    assert len(out.validation_images) == 2
+    shutil.rmtree(Path(out.weights).parent)  # train() wrote them into a fresh temporary directory
+    return kept / "weights.tar", records
 
 
 def test_train_writes_the_reference_tar(trained_tar):
     tar_path, records = trained_tar
     with tarfile.open(tar_path) as tar:
-        names = set(tar.getnames())
-    assert {"lora.safetensors", "embeddings.pti", "special_params.json", "dataset/captions.csv"} <= names
-    assert {"checkpoints/checkpoint-2/lora.safetensors", "dataset/images/0000.png", "dataset/masks/0002.png"} <= names
+        assert {"lora.safetensors", "embeddings.pti", "special_params.json"} <= set(tar.getnames())
+    with tarfile.open(tar_path.with_name("checkpoints.tar")) as tar:
+        assert "checkpoints/checkpoint-2/lora.safetensors" in tar.getnames()
+    with tarfile.open(tar_path.with_name("dataset.tar")) as tar:
+        assert {"dataset/captions.csv", "dataset/images/0000.png", "dataset/masks/0002.png"} <= set(tar.getnames())
     assert any(r.startswith("seed ") and "random" in r for r in records), records  # seed empty -> random, logged
 
 

@@ -34,6 +34,9 @@ DOCUMENTED = [  # name, default, choices
     ("verbose", True, None),
     ("checkpointing_steps", 200, None),
     ("input_images_filetype", "infer", ["zip", "tar", "infer"]),
+    # beyond the reference's inputs; the defaults keep its behaviour
+    ("snr_gamma", None, None),
+    ("noise_offset", 0.0, None),
 ]
 
 
@@ -45,7 +48,7 @@ def test_train_py_has_the_documented_inputs():
     for name, _, choices in DOCUMENTED:
         assert info.inputs[name].choices == choices, name
         assert info.inputs[name].description, name
-    assert list(info.output.fields) == ["weights"]
+    assert list(info.output.fields) == ["weights", "checkpoints", "dataset", "validation_images"]
     # and TrainConfig has the same defaults
     defaults = TrainConfig()
     for name, default, _ in DOCUMENTED[1:]:
@@ -106,21 +109,79 @@ def test_new_tokens_in_both_tokenizers_and_encoders(base_dir):
         ({"input_images_filetype": "rar"}, "input_images_filetype"),
         ({"ti_lr": -1.0}, "ti_lr"),
         ({"clipseg_temperature": 0.0}, "clipseg_temperature"),
+        ({"resolution": 8}, "resolution"),
+        ({"resolution": 4104}, "resolution"),
+        ({"caption_prefix": "a photo of tok"}, "caption_prefix"),
+        ({"token_string": "<s1>", "caption_prefix": "a <s1>"}, "token_string"),
+        ({"snr_gamma": 0.0}, "snr_gamma"),
+        ({"noise_offset": -0.1}, "noise_offset"),
+        ({"ti_lr": float("nan")}, "ti_lr"),
     ],
 )
 def test_bad_inputs_are_refused_before_any_work(overrides, names, tmp_path):
     # the archive does not even exist: the cheap checks come first
     with pytest.raises(TrainingInputError, match=rf"^{names}:"):
-        train_model(tmp_path / "missing.zip", TrainConfig(**overrides), output_tar=tmp_path / "w.tar")
-    assert not (tmp_path / "w.tar").exists()
+        train_model(tmp_path / "missing.zip", TrainConfig(**overrides), output_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_archive_names_input_images(tmp_path):
     with pytest.raises(TrainingInputError, match=r"^input_images:"):
-        train_model(tmp_path / "missing.zip", TrainConfig(), output_tar=tmp_path / "w.tar")
+        train_model(tmp_path / "missing.zip", TrainConfig(), output_dir=tmp_path / "out")
 
 
 def test_random_seed_when_empty():
     a, b = TrainConfig().with_seed(), TrainConfig().with_seed()
     assert a.seed is not None and a.seed != b.seed  # 1 in 2**32 to collide
     assert TrainConfig(seed=5).with_seed().seed == 5
+
+
+@pytest.mark.parametrize("overrides, name", [
+    ({"resolution": 8}, "resolution"),
+    ({"resolution": 4104}, "resolution"),
+    ({"caption_prefix": "a photo of tok"}, "caption_prefix"),  # one case rule: the exact spelling
+    ({"caption_prefix": "a photo of TOKyo"}, "caption_prefix"),
+    ({"token_string": "<s0>", "caption_prefix": "a <s0>"}, "token_string"),
+])
+def test_trainer_and_preprocess_refuse_the_same_values(overrides, name, tmp_path):
+    """The limits live in one table (training.inputs): TrainConfig, train_on_prepared and prepare agree."""
+    from preprocess import PreprocessError, prepare
+
+    from training import train_on_prepared
+
+    with pytest.raises(TrainingInputError, match=rf"^{name}:"):
+        TrainConfig(**overrides).validate()
+    with pytest.raises(TrainingInputError, match=rf"^{name}:"):
+        train_on_prepared(tmp_path / "nothing", TrainConfig(**overrides), tmp_path / "out", tmp_path / "work")
+    kwargs = {k: v for k, v in overrides.items() if k in ("resolution", "caption_prefix", "token_string")}
+    with pytest.raises(PreprocessError, match=rf"^{name} "):
+        prepare(tmp_path / "missing.zip", tmp_path / "prepared", **kwargs)
+
+
+def test_one_whole_word_rule_for_trainer_predictor_and_captioner():
+    from preprocess.caption import compose, user_caption
+    from sdxl.finetune import substitute_tokens
+
+    text = "TOK and tok, TOKYO, (TOK)."
+    assert substitute(text, "TOK", "<s0><s1>") == "<s0><s1> and tok, TOKYO, (<s0><s1>)."
+    assert substitute_tokens(text, {"TOK": "<s0><s1>"}) == substitute(text, "TOK", "<s0><s1>")
+    assert compose("a photo of TOK", "tok on a tokyo street", "TOK") == "a photo of TOK, TOK on a tokyo street"
+    assert user_caption("a photo of TOK", "tok on a street", "TOK") == "a photo of TOK, TOK on a street"
+    assert user_caption("a photo of TOK", "TOK on a street", "TOK") == "TOK on a street"
+
+
+def test_train_py_inputs_read_the_one_table():
+    """Every default and choice of train.py's Input()s is a constant of training.inputs (not a copy)."""
+    import ast
+    from pathlib import Path
+
+    from training import inputs
+
+    tree = ast.parse(Path(__import__("train").__file__).read_text())
+    train_fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "train")
+    for arg, default in zip(train_fn.args.args[1:], train_fn.args.defaults[1:]):  # input_images has no default
+        keywords = {k.arg: k.value for k in default.keywords}
+        assert isinstance(keywords["default"], ast.Name), arg.arg
+        assert keywords["default"].id == arg.arg.upper() and hasattr(inputs, keywords["default"].id), arg.arg
+        if "choices" in keywords:
+            assert isinstance(keywords["choices"], ast.Name) and hasattr(inputs, keywords["choices"].id), arg.arg

@@ -146,3 +146,46 @@ def test_legacy_lora_means_weight_plus_up_times_down(lora_run, base_dir):
         expected = state.unet(sample, torch.tensor([300]), encoder_hidden_states=hidden, added_cond_kwargs=cond).sample
         got = merged(sample, torch.tensor([300]), encoder_hidden_states=hidden, added_cond_kwargs=cond).sample
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_snr_gamma_weighs_each_sample_by_min_snr_over_snr(prepared, small_config):
+    """Min-SNR-gamma (diffusers' compute_snr): the loss of a sample at timestep t is its plain loss times
+    min(SNR(t), gamma) / SNR(t); None keeps the plain loss."""
+    from diffusers.training_utils import compute_snr
+
+    from training import loop
+
+    plain = loop.setup(small_config(), prepared)
+    weighted = loop.setup(small_config(snr_gamma=5.0), prepared)
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn((1, *plain.data.latents.shape[1:]), generator=g)
+    with torch.no_grad():
+        for t in (10, 500, 990):  # SNR above gamma (weighted down), then below (weight 1)
+            timesteps = torch.tensor([t])
+            snr = compute_snr(plain.noise_scheduler, timesteps)
+            a = loop.loss_on(plain, torch.tensor([0]), noise, timesteps)
+            b = loop.loss_on(weighted, torch.tensor([0]), noise, timesteps)
+            torch.testing.assert_close(b, a * torch.clamp(snr, max=5.0)[0] / snr[0])
+            assert (b < a) == bool(snr[0] > 5.0)
+
+
+def test_noise_offset_adds_a_per_channel_constant_to_the_noise(prepared, tmp_path, small_config, monkeypatch):
+    from training import loop
+
+    seen = {}
+    real = loop.loss_on
+
+    def spy(state, indices, noise, timesteps):
+        seen.setdefault(state.cfg.noise_offset, []).append((noise.clone(), timesteps.clone()))
+        return real(state, indices, noise, timesteps)
+
+    monkeypatch.setattr(loop, "loss_on", spy)
+    for offset in (0.0, 0.1):
+        state = loop.setup(small_config(max_train_steps=1, noise_offset=offset), prepared)
+        loop.fit(state, tmp_path)
+    (plain, t0), (shifted, t1) = seen[0.0][0], seen[0.1][0]
+    assert torch.equal(t0, t1)  # the same draws otherwise: only the offset was added
+    diff = shifted - plain
+    per_channel = diff[:, :, :1, :1]
+    torch.testing.assert_close(diff, per_channel.expand_as(diff))  # constant over each channel's pixels
+    assert 0 < per_channel.abs().max() < 0.5 and per_channel.std() > 0.01  # 0.1 x a standard normal draw
