@@ -16,10 +16,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # one pytest worker per core: intra-op threads on top of that only fight over the cores
-    # (the servers the tests start inherit the setting through the environment)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    import torch
+# One intra-op thread, in the tests and in the servers they start (inherited through the
+# environment): under xdist a worker per core makes more threads only fight over the cores, and
+# alone (`pytest tests/x.py`) the bitwise comparisons between two server processes need it too -
+# with 2 threads some CPU kernels split their work by timing, and a pixel can differ by one level.
+os.environ["OMP_NUM_THREADS"] = "1"
+import torch  # noqa: E402
 
-    torch.set_num_threads(1)
+torch.set_num_threads(1)
