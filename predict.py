@@ -114,6 +114,7 @@ class Predictor(BaseRunner):
             scheduler=scheduler,
             scheduler_config=self.models.scheduler_config,
             refiner_scheduler_config=self.models.refiner_scheduler_config,
+            seed=seed,
         )
         init_image = load_image(image, name="image") if image is not None else None
         mask_image = load_image(mask, name="mask", mode="L") if mask is not None else None

@@ -63,6 +63,15 @@ def check_refine_steps_range(refine_steps: int | None) -> None:
         raise InputError("refine_steps", f"{refine_steps} is not allowed; use a positive number or leave it empty")
 
 
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+
+
+def check_seed(seed: int | None) -> None:
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise InputError("seed", f"{seed} is outside {SEED_RANGE[0]} to {SEED_RANGE[1]}; use a smaller number "
+                                 "(or leave it empty for a random seed)")
+
+
 def check_mask_has_image(has_image: bool, has_mask: bool) -> None:
     if has_mask and not has_image:
         raise InputError("mask", "a mask needs an image to inpaint; pass image as well")
@@ -199,6 +208,7 @@ def check_request(
     scheduler: str = "K_EULER",
     scheduler_config=None,
     refiner_scheduler_config=None,
+    seed: int | None = None,
 ) -> tuple[int, int]:
     """Every rule for one predict request; returns (width, height) rounded to 8.
 
@@ -209,6 +219,7 @@ def check_request(
     check_text_length("negative_prompt", negative_prompt)
     size = multiple_of_8(width, "width"), multiple_of_8(height, "height")
     check_refine_steps_range(refine_steps)
+    check_seed(seed)
     check_mask_has_image(has_image, has_mask)
     strength = prompt_strength if has_image else None
     if strength is not None:
