@@ -4,6 +4,13 @@ The file is written beside its destination (a ``.part`` temp file in the same di
 /tmp) and renamed into place only once complete and size-checked, so a failed or cancelled download
 (any BaseException, such as cog's CancelationException) leaves nothing behind.
 
+Every download is bounded (``_Limits``): in bytes (``max_bytes``: the announced size is checked before
+anything is written, and the bytes received while streaming, so a body without a length is cut off),
+and in time (``SDXL_DOWNLOAD_STALL_SECONDS``, default 60, without a byte, counted across all retries
+and connections: each socket waits at most what is left of it). Redirects: http(s) only, at most
+``MAX_REDIRECTS``; a loop fails at once. pget is used only for a file whose HEAD announces a size
+within the ceiling, and is killed when it writes past it or stalls.
+
 Without pget:
 
 - The first request is a GET for the first chunk (``Range: bytes=0-...``). A server that honours it
