@@ -46,8 +46,8 @@ def extract_tar(archive: Path, dest: Path, *, input_name: str = "weights",
             before_extract(total)
         free = shutil.disk_usage(dest.parent).free
         if total > free:
-            raise ArchiveError(input_name, f"{archive.name} unpacks to {total} bytes; only {free} bytes are free on the disk"
-                               f" of {dest.parent}")
+            raise ArchiveError(input_name, f"{archive.name} unpacks to {total} bytes; only {free} bytes are free on the "
+                               "server's disk")
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
             tar.extractall(tmp, filter="data")
