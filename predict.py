@@ -15,7 +15,6 @@ from typing import List, Optional
 from cog import BaseRunner, Input, Path
 from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLWatermarker
 
-from weights.sets import REPO_ROOT
 from sdxl.checks import check_request
 from sdxl.finetune import FineTunes
 from sdxl.generate import Settings, generate
@@ -41,12 +40,11 @@ class Predictor(BaseRunner):
         self.models = load_all()
         self.finetunes = FineTunes(self.models)
         self.watermarker = StableDiffusionXLWatermarker()
-        cache_root = os.environ.get("SDXL_LORA_CACHE", str(REPO_ROOT / "weights-cache" / "trained"))
-        self.cache = WeightsCache(LocalPath(cache_root))
+        self.cache = WeightsCache.from_env()
         self.default_weights = None if weights is None or str(weights) in ("", "weights") else str(weights)
         if self.default_weights:
             log.info("loading trained weights given at setup (COG_WEIGHTS): %s", self.default_weights)
-            self.finetunes.use(self.default_weights, self.cache, what="COG_WEIGHTS")
+            self.finetunes.use(self.default_weights, self.cache, input_name="COG_WEIGHTS", operator_given=True)
         self.out_dir: LocalPath | None = None
 
     def predict(
@@ -115,6 +113,12 @@ class Predictor(BaseRunner):
             num_inference_steps=num_inference_steps,
             has_image=image is not None,
             has_mask=mask is not None,
+            prompt_strength=prompt_strength,
+            high_noise_frac=high_noise_frac,
+            scheduler=scheduler,
+            scheduler_config=self.models.scheduler_config,
+            refiner_scheduler_config=self.models.refiner_scheduler_config,
+            seed=seed,
         )
         init_image = load_image(image, name="image") if image is not None else None
         mask_image = load_image(mask, name="mask", mode="L") if mask is not None else None
@@ -122,9 +126,11 @@ class Predictor(BaseRunner):
             seed = int.from_bytes(os.urandom(4), "big")
         log.info("Using seed: %d", seed)
 
-        what = "replicate_weights" if replicate_weights else "COG_WEIGHTS"
-        self.finetunes.use(replicate_weights or self.default_weights, self.cache, what=what)
-        prompt = self.finetunes.prompt(prompt)
+        if replicate_weights:
+            self.finetunes.use(replicate_weights, self.cache, input_name="replicate_weights")
+        else:
+            self.finetunes.use(self.default_weights, self.cache, input_name="COG_WEIGHTS", operator_given=True)
+        prompt = self.finetunes.rewrite_prompt(prompt)
         log.info("Prompt: %s", prompt)
 
         settings = Settings(
@@ -139,7 +145,7 @@ class Predictor(BaseRunner):
             prompt_strength=prompt_strength,
             seed=seed,
             refine=refine,
-            high_noise_frac=high_noise_frac,
+            high_noise_frac=float(high_noise_frac),  # diffusers only honours a float hand-over
             refine_steps=refine_steps,
             apply_watermark=apply_watermark,
             lora_scale=lora_scale,

@@ -1,4 +1,4 @@
-"""Hypothesis-driven fuzzing of archive intake and image decoding (see ``fuzz.targets``).
+"""Hypothesis-driven fuzzing of archive intake, image decoding and predict requests (see ``fuzz.targets``).
 
 ``python -m fuzz --seconds 300`` runs every target for a share of the budget; the pytest suite runs
 the same targets with a few examples each (tests/hostile/test_fuzz_smoke.py).
@@ -77,9 +77,11 @@ def run(name: str, *, seconds: float | None = None, max_examples: int = 50, seed
     result.seconds = time.monotonic() - start
     if result.finding_input is not None and findings_dir is not None:
         findings_dir.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha1(result.finding_input).hexdigest()[:12]
+        raw = result.finding_input if isinstance(result.finding_input, bytes) else repr(result.finding_input).encode()
+        digest = hashlib.sha1(raw).hexdigest()[:12]
         result.saved_to = findings_dir / f"{name}-{digest}.bin"
-        result.saved_to.write_bytes(result.finding_input)
+        data = result.finding_input
+        result.saved_to.write_bytes(data if isinstance(data, bytes) else repr(data).encode())
     return result
 
 

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:16s} {status:8s} {result.examples:7d} examples in {result.seconds:6.1f}s ({rate:.0f}/s)", flush=True)
         if result.finding:
             failed += 1
-            print(f"  input ({len(result.finding_input or b'')} bytes): {(result.finding_input or b'')[:200]!r}")
+            shown = result.finding_input if isinstance(result.finding_input, bytes) else repr(result.finding_input)
+            print(f"  input ({len(shown or b'')} bytes): {(shown or b'')[:200]!r}")
             print(f"  saved to {result.saved_to}")
             print("  " + result.finding.replace("\n", "\n  "))
     return 1 if failed else 0

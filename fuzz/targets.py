@@ -379,3 +379,13 @@ TARGETS = {
     "predict_mask": (lambda data: predict_image(data, mode="L"), image_bytes()),
     "training_image": (training_image, image_bytes()),
 }
+
+
+def _register_predict_request() -> None:
+    """Any request the predict schema allows (fuzz/predict_requests.py): works, or fails naming an input."""
+    from .predict_requests import predict_request, predict_requests
+
+    TARGETS["predict_request"] = (predict_request, predict_requests())
+
+
+_register_predict_request()

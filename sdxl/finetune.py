@@ -1,7 +1,8 @@
 """Applying trained weights to the shared pipelines, switching between them, and back to the base.
 
-Everything is read and checked first (``trained_weights``); a failure (or cancellation) while
-applying rolls back to the base model. Unloading restores the base weights bitwise.
+Where the weights come from is ``weights.sources``' business; here they are read and checked first
+(``trained_weights``), then applied; a failure (or cancellation) while applying rolls back to the base
+model. Unloading restores the base weights bitwise.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-from . import lora_formats
+from weights.cache import WeightsCache
+from weights.sources import local_weights
+
 from .models import Models
 from .trained_weights import BaseShapes, TrainedWeights, read_weights
 
@@ -44,30 +47,27 @@ class FineTunes:
     def is_lora(self) -> bool:
         return self.active is not None and self.active.has_lora
 
-    def locate(self, source: str, cache, *, what: str) -> Path:
-        """Where ``source`` is on disk: a Hugging Face repo id through huggingface_hub, anything else
-        (URL, path) through the weights ``cache``."""
-        repo = lora_formats.hf_repo_id(str(source))
-        if repo is not None:
-            return lora_formats.fetch_hf_repo(repo, what)
-        return cache.fetch(source, what=what)
-
-    def use(self, source: str | None, cache, *, what: str) -> None:
-        """Make ``source`` (a URL, path or Hugging Face repo id; None: the base model) the active weights.
+    def use(self, source: str | None, cache: WeightsCache, *, input_name: str, operator_given: bool = False) -> None:
+        """Make ``source`` (see ``weights.sources``; None: the base model) the active weights.
 
         The same source as now is a no-op; anything else is fetched and checked before the pipeline
-        is touched, so a bad or failed download leaves the current weights in place.
+        is touched, so a bad or failed download leaves the current weights in place (and nothing refused
+        stays in the cache). ``input_name`` is the input errors blame; ``operator_given`` marks the
+        operator's own value (COG_WEIGHTS), which may be any path.
         """
         if not source:
             self.unload()
         elif self.active is None or self.active.source != source:
-            self.apply(self.read(self.locate(source, cache, what=what), what=what, source=source))
+            with local_weights(source, cache, input_name=input_name, operator_given=operator_given) as path:
+                trained = self.read(path, input_name=input_name, source=source)
+            self.apply(trained)
 
-    def read(self, path: Path, *, what: str, source: str) -> TrainedWeights:
+    def read(self, path: Path, *, input_name: str, source: str) -> TrainedWeights:
         """Read and check ``path`` (a directory or a single file) without touching the pipeline."""
-        return read_weights(path, self.shapes, what=what, source=source)
+        return read_weights(path, self.shapes, input_name=input_name, source=source)
 
-    def prompt(self, text: str) -> str:
+    def rewrite_prompt(self, text: str) -> str:
+        """``text`` with the active weights' trigger words (e.g. TOK) replaced by their tokens."""
         return substitute_tokens(text, self.active.token_map) if self.active else text
 
     def apply(self, tw: TrainedWeights) -> None:

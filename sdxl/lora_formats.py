@@ -9,7 +9,7 @@ Kinds of LoRA state dicts this recognises:
   ``.alpha`` (kohya sd-scripts, CivitAI, ComfyUI, A1111);
 and the embedding files ``clip_l``/``clip_g`` (SDXL) and ``text_encoders_0``/``text_encoders_1`` (reference).
 
-Everything else is described, so a refusal can say what was found.
+Everything else is described, so a refusal can say what was found (by kind and size, never by quoting bytes).
 """
 
 from __future__ import annotations
@@ -90,9 +90,9 @@ def describe_non_safetensors(path: Path) -> str:
         return "a zip archive, not a tar or safetensors"
     if head.startswith(b"\x1f\x8b"):
         return "a gzip file (a .tar.gz?); use an uncompressed .tar or a .safetensors file"
-    if head.lstrip()[:1] in (b"<", b"{", b"["):
-        return f"a text file ({head.lstrip()[:40]!r}...), e.g. a web page instead of the weights"
-    return f"{size} bytes of unknown data (starting {head[:16]!r})"
+    if head.lstrip()[:1] in (b"<", b"{", b"["):  # never its bytes: they may come from a file that is not the user's
+        return f"a text file of {size} bytes (e.g. a web page instead of the weights)"
+    return f"{size} bytes of unknown data"
 
 
 @dataclass(frozen=True)
@@ -175,43 +175,3 @@ def classify(header: Header) -> Kind:
                     cross)
     return Kind("other", f"a safetensors file with {n} tensors that is not a LoRA or embedding this model knows "
                          f"(keys such as {_examples(keys, 2)})")
-
-
-_HF_REPO = re.compile(r"^(?:hf:|huggingface:)?(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96})$")
-
-
-def hf_repo_id(source: str) -> str | None:
-    """``user/repo`` (optionally ``hf:user/repo``) -> the repo id; None for URLs, paths, anything else."""
-    if source.startswith(("http://", "https://", "/", ".", "~")) or Path(source).exists():
-        return None
-    m = _HF_REPO.match(source)
-    if m is None or m["repo"].endswith((".tar", ".safetensors")) or ".." in m["repo"]:
-        return None
-    return m["repo"]
-
-
-def fetch_hf_repo(repo_id: str, what: str) -> Path:
-    """The top-level ``*.safetensors`` (and ``special_params.json``) of a Hugging Face repo, through
-    huggingface_hub and its cache; with HF_HUB_OFFLINE the cached snapshot is used."""
-    from huggingface_hub import constants, list_repo_files, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    from .trained_weights import WeightsError
-
-    try:
-        if constants.HF_HUB_OFFLINE:
-            patterns = ["*.safetensors", "special_params.json"]
-        else:
-            files = list_repo_files(repo_id)
-            patterns = [f for f in files if "/" not in f and (f.endswith(".safetensors") or f == "special_params.json")]
-            if not any(p.endswith(".safetensors") for p in patterns):
-                raise WeightsError(f"{what}: Hugging Face repo {repo_id} has no .safetensors file at its top level "
-                                   f"(found {sorted(files)[:8]})")
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except LocalEntryNotFoundError as e:
-        raise WeightsError(f"{what}: Hugging Face repo {repo_id} is not in the local cache and the hub is "
-                           f"offline (HF_HUB_OFFLINE)") from e
-    except (HfHubHTTPError, OSError, ValueError) as e:
-        if isinstance(e, WeightsError):
-            raise
-        raise WeightsError(f"{what}: could not get Hugging Face repo {repo_id} ({type(e).__name__}: {e})") from e

@@ -24,3 +24,12 @@ os.environ["OMP_NUM_THREADS"] = "1"
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+def pytest_sessionstart(session):
+    """Tests name trained weights by their path under pytest's temporary folders: the operator's opt-in
+    (SDXL_LOCAL_WEIGHTS_DIR, see weights/sources.py) allows exactly that folder, for the in-process
+    predictor and the servers tests start (they inherit the environment). Tests of the refusal start
+    their own servers without it."""
+    basetemp = session.config._tmp_path_factory.getbasetemp()
+    os.environ.setdefault("SDXL_LOCAL_WEIGHTS_DIR", str(basetemp))

@@ -1,11 +1,14 @@
 """A disk cache for user weights (``replicate_weights``, ``COG_WEIGHTS``), keyed by source, least recently used out first.
 
-A source is an http(s) URL or a local path. A tar is extracted (safely) into the entry; any other
-file is kept as is. Entries appear atomically, so a failed or cancelled fetch leaves no entry.
-Concurrent requests for the same source wait for one fetch. Room is made before downloading: the
-size the server announces is checked against the disk (free space plus what eviction can reclaim)
-and least recently used entries are evicted until it fits ``max_bytes`` and the free space; a tar
-gets the same treatment for its unpacked size before extraction.
+What goes in is decided by ``weights.sources`` (a URL download, a data: URI's bytes, a copy of an allowed
+local file); the cache only keeps it. A tar is extracted (safely) into the entry; any other file is kept
+as is. Entries appear atomically, so a failed or cancelled fetch leaves no entry, and ``discard`` drops an
+entry whose content turned out unusable. The cache is private to the server's user: its folder and
+entries are 0700, files 0600. Concurrent requests for the same source wait for one fetch. Room is made
+before downloading: the size the server announces is checked against the disk (free space plus what
+eviction can reclaim) and least recently used entries are evicted until it fits ``max_bytes`` and the free
+space; a tar gets the same treatment for its unpacked size before extraction. ``max_bytes`` is also the
+ceiling of a single download.
 """
 
 from __future__ import annotations
@@ -17,21 +20,36 @@ import shutil
 import tarfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from .archive import extract_tar
-from .download import DownloadError, Progress, download
+from .archive import extract_tar, make_private
+from .errors import DownloadError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 20 * 1024**3
 STALE_SECONDS = 24 * 3600  # a temp file this old belongs to no running fetch
+DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "weights-cache" / "trained"
+
+# fill(raw, make_room): write the payload to the file ``raw``; call make_room(size) before writing a known size
+Fill = Callable[[Path, Callable[[int], None]], None]
 
 
 def _size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def max_bytes_from_env() -> int:
+    raw = os.environ.get("SDXL_LORA_CACHE_BYTES", "")
+    try:
+        value = int(raw) if raw.strip() else DEFAULT_MAX_BYTES
+    except ValueError:
+        log.warning("SDXL_LORA_CACHE_BYTES=%r is not a whole number; using %d", raw, DEFAULT_MAX_BYTES)
+        value = DEFAULT_MAX_BYTES
+    return value if value > 0 else DEFAULT_MAX_BYTES
 
 
 class WeightsCache:
@@ -43,69 +61,80 @@ class WeightsCache:
         self._evict_lock = threading.RLock()
         self._sweep()
 
-    def fetch(self, source: str, *, what: str = "replicate_weights", progress: Progress | None = None) -> Path:
-        """A local directory (extracted tar) or file for ``source``, fetched at most once.
+    @classmethod
+    def from_env(cls) -> "WeightsCache":
+        """``SDXL_LORA_CACHE`` (default ./weights-cache/trained), ``SDXL_LORA_CACHE_BYTES`` (default 20 GiB)."""
+        return cls(Path(os.environ.get("SDXL_LORA_CACHE") or DEFAULT_ROOT), max_bytes_from_env())
 
-        Concurrent calls for the same source wait for one fetch (a per-source lock): the waiters then find the
-        entry, or, if that fetch failed, the next one tries again. ``progress(done, total)`` is passed to the
-        downloader (called from this thread; it may raise to cancel).
+    def fetch(self, key_text: str, fill: Fill, *, input_name: str, label: str) -> Path:
+        """The local directory (extracted tar) or file cached under ``key_text``, filled at most once.
+
+        ``fill(raw, make_room)`` writes the payload into ``raw`` (a temp file inside the cache); ``label`` names
+        the source in logs and messages. Concurrent calls for the same key wait for one fill (a per-key lock):
+        the waiters then find the entry, or, if that fill failed, the next one tries again.
         """
-        source = str(source)
-        is_url = source.startswith(("http://", "https://"))
-        local = None if is_url else Path(source)
-        if local is not None:
-            if not local.exists():
-                raise FileNotFoundError(f"{what}: {source} is neither an http(s) URL nor an existing path")
-            if local.is_dir():
-                return local
-            stat = local.stat()
-            key_text = f"{local.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-        else:
-            key_text = source
         key = hashlib.sha256(key_text.encode()).hexdigest()[:32]
         with self._lock_for(key):
             entry = self.root / key
             if entry.exists():
                 os.utime(entry)  # mark as recently used
-                log.info("%s: cache hit for %s", what, source)
+                log.info("%s: cache hit for %s", input_name, label)
                 return self._payload(entry)
-            self.root.mkdir(parents=True, exist_ok=True)
+            self._make_private_root()
             raw = self.root / f".{key}.download"
             try:  # finally, not except: a cancellation (a BaseException) must leave nothing either
-                if local is None:
-                    download(source, raw, what=what, progress=progress,
-                             on_size=lambda size: self._make_room(size, what=what, source=source))
-                else:
-                    self._make_room(local.stat().st_size, what=what, source=source)
-                    shutil.copyfile(local, raw)
-                self._place(raw, entry, what)
+                fill(raw, lambda size: self._make_room(size, input_name=input_name, label=label))
+                raw.chmod(0o600)
+                self._place(raw, entry, input_name)
             finally:
                 raw.unlink(missing_ok=True)
             os.utime(entry)
             return self._payload(entry)
 
-    def _make_room(self, size: int, *, what: str, source: str) -> None:
+    def entry_of(self, path: Path) -> Path | None:
+        """The entry holding ``path`` (a payload ``fetch`` returned), or None when it is not in this cache."""
+        path = Path(path)
+        for candidate in (path, *path.parents):
+            if candidate.parent == self.root:
+                return candidate
+        return None
+
+    def discard(self, path: Path) -> None:
+        """Drop the entry holding ``path``: its content could not be used, so it must not be served again."""
+        entry = self.entry_of(path)
+        if entry is not None and not entry.name.startswith("."):
+            with self._lock_for(entry.name):
+                log.info("weights cache: dropping %s (its content was refused)", entry.name)
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _make_private_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.root.stat().st_mode & 0o077:
+            self.root.chmod(0o700)
+
+    def _make_room(self, size: int, *, input_name: str, label: str) -> None:
         """Before a download of ``size`` bytes: evict least recently used entries so it fits, or refuse."""
         with self._evict_lock:
             reclaimable = sum(_size(e) for e in self._evictable())
             free = shutil.disk_usage(self.root).free
             if size > free + reclaimable:
                 raise DownloadError(
-                    f"{what}: {source} is {size} bytes; the weights cache at {self.root} has only {free} bytes free "
+                    input_name, f"{label} is {size} bytes; the weights cache has only {free} bytes free "
                     f"on its disk and {reclaimable} bytes in cached entries")
         self._evict(keep_free=size, incoming=size)
 
-    def _place(self, raw: Path, entry: Path, what: str) -> None:
+    def _place(self, raw: Path, entry: Path, input_name: str) -> None:
         if tarfile.is_tarfile(raw):
             # room for the unpacked files (the tar's declared total) while the tar is still on disk
-            extract_tar(raw, entry, what=what, before_extract=lambda total: self._evict(keep_free=total, incoming=total))
+            extract_tar(raw, entry, input_name=input_name, before_extract=lambda total: self._evict(keep_free=total, incoming=total))
         else:  # a single file (e.g. a .safetensors LoRA): keep it in a one-file entry
             self._evict(keep_free=0, incoming=raw.stat().st_size)  # for a download of unknown size
             tmp = self.root / f".{entry.name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             try:
-                tmp.mkdir()
+                tmp.mkdir(mode=0o700)
                 raw.rename(tmp / "weights.bin")
+                make_private(tmp)
                 tmp.rename(entry)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

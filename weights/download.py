@@ -4,6 +4,13 @@ The file is written beside its destination (a ``.part`` temp file in the same di
 /tmp) and renamed into place only once complete and size-checked, so a failed or cancelled download
 (any BaseException, such as cog's CancelationException) leaves nothing behind.
 
+Every download is bounded (``_Limits``): in bytes (``max_bytes``: the announced size is checked before
+anything is written, and the bytes received while streaming, so a body without a length is cut off),
+and in time (``SDXL_DOWNLOAD_STALL_SECONDS``, default 60, without a byte, counted across all retries
+and connections: each socket waits at most what is left of it). Redirects: http(s) only, at most
+``MAX_REDIRECTS``; a loop fails at once. pget is used only for a file whose HEAD announces a size
+within the ceiling, and is killed when it writes past it or stalls.
+
 Without pget:
 
 - The first request is a GET for the first chunk (``Range: bytes=0-...``). A server that honours it
@@ -33,10 +40,13 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+
+from .errors import DownloadError
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +57,14 @@ MAX_CONNECTIONS = 32
 MIN_CHUNK = 16 * 1024**2
 MAX_CHUNK = 64 * 1024**2
 READ_SIZE = 1024**2  # bytes per read / pwrite
-TIMEOUT = 60.0  # seconds a connection may stay silent before the attempt fails
+STALL_SECONDS = 60.0  # default for SDXL_DOWNLOAD_STALL_SECONDS: no byte for this long, across all retries, fails
+MAX_BYTES = 20 * 1024**3  # default ceiling of one download (the weights cache passes its own size)
+MAX_REDIRECTS = 10
 LOG_MIN_BYTES = 64 * 1024**2  # progress lines only for files at least this large
 LOG_EVERY_S = 5.0
 USER_AGENT = "cog-sdxl"
 
 Progress = Callable[[int, "int | None"], None]
-
-
-class DownloadError(RuntimeError):
-    pass
 
 
 class _Failed(Exception):
@@ -69,6 +77,68 @@ class _Retry(_Failed):
 
 class _Stopped(Exception):
     """Another worker failed or the download was cancelled."""
+
+
+def stall_seconds_from_env() -> float:
+    raw = os.environ.get("SDXL_DOWNLOAD_STALL_SECONDS", "")
+    try:
+        seconds = float(raw) if raw.strip() else STALL_SECONDS
+    except ValueError:
+        log.warning("SDXL_DOWNLOAD_STALL_SECONDS=%r is not a number; using %.0f", raw, STALL_SECONDS)
+        seconds = STALL_SECONDS
+    return seconds if seconds > 0 else STALL_SECONDS
+
+
+class _Limits:
+    """The bounds of one download: ``max_bytes`` in all, and ``stall_seconds`` without a byte, whichever
+    connection or attempt the bytes (or their absence) come from."""
+
+    def __init__(self, max_bytes: int, stall_seconds: float):
+        self.max_bytes, self.stall_seconds = max_bytes, stall_seconds
+        self.last_byte = time.monotonic()
+
+    def arrived(self) -> None:
+        self.last_byte = time.monotonic()  # a float store: atomic enough across worker threads
+
+    def remaining(self) -> float:
+        """Seconds left before the download counts as stalled; raises once there are none."""
+        left = self.stall_seconds - (time.monotonic() - self.last_byte)
+        if left <= 0:
+            raise self.stalled()
+        return left
+
+    def stalled(self) -> "_Failed":
+        return _Failed(f"no data arrived for {self.stall_seconds:.0f} s (a stalled connection; the limit is "
+                       "SDXL_DOWNLOAD_STALL_SECONDS)")
+
+    def too_large(self, size: int | str) -> "_Failed":
+        return _Failed(f"{size} bytes is over the limit of {self.max_bytes} bytes (the size of the weights cache)")
+
+    def check_size(self, size: int) -> None:
+        if size > self.max_bytes:
+            raise self.too_large(size)
+
+
+class _HttpRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects to http(s) only (urllib's default also follows ftp://), at most MAX_REDIRECTS."""
+
+    max_redirections = MAX_REDIRECTS
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise urllib.error.HTTPError(newurl, code, f"redirect to a {scheme or 'relative'}: URL refused; "
+                                         "only http(s) is followed", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    """http(s) only: no file:, ftp: or data: handlers, even through a redirect; proxies from the environment."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
+                    _HttpRedirects(), urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
 
 
 def connections_from_env() -> int:
@@ -85,16 +155,22 @@ def download(
     url: str,
     dest: Path,
     *,
-    what: str = "weights",
+    input_name: str = "weights",
     connections: int | None = None,
     chunk_size: int | None = None,
     on_size: Callable[[int], None] | None = None,
     progress: Progress | None = None,
+    max_bytes: int | None = None,
+    stall_seconds: float | None = None,
 ) -> Path:
-    """Download ``url`` to ``dest`` (a file path). Raises DownloadError naming ``what``.
+    """Download ``url`` to ``dest`` (a file path). Raises DownloadError naming ``input_name``.
 
     ``connections`` defaults to ``SDXL_DOWNLOAD_CONNECTIONS`` (4); ``chunk_size`` to 16-64 MiB scaled to the
-    file. ``on_size(total)`` is called once the size is known, before anything is written.
+    file. ``on_size(total)`` is called once the size is known, before anything is written. ``max_bytes``
+    (default ``MAX_BYTES``) is a ceiling checked against the announced size and, while streaming, against
+    the bytes received (a body without a length, e.g. chunked, is cut off there). The download fails once
+    ``stall_seconds`` (default ``SDXL_DOWNLOAD_STALL_SECONDS``, 60) pass without a byte, counted across
+    all retries and connections.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -105,21 +181,21 @@ def download(
     try:
         try:
             pget = shutil.which("pget")
-            if pget:
-                size = _pget(pget, url, tmp, on_size)
-            else:
-                job = _Download(url, tmp, what=what, connections=connections or connections_from_env(),
-                                chunk_size=chunk_size, on_size=on_size, progress=progress)
+            limits = _Limits(max_bytes or MAX_BYTES, stall_seconds or stall_seconds_from_env())
+            size = _pget(pget, url, tmp, on_size, limits) if pget else None
+            if size is None:  # no pget, or pget declined (no announced size within the ceiling)
+                job = _Download(url, tmp, input_name=input_name, connections=connections or connections_from_env(),
+                                chunk_size=chunk_size, on_size=on_size, progress=progress, limits=limits)
                 size = job.run()
         except _Failed as e:
-            raise DownloadError(f"{what}: could not download {url}: {e}") from None
+            raise DownloadError(input_name, f"could not download {url}: {e}") from None
         except OSError as e:  # e.g. the temp file could not be created or preallocated
-            raise DownloadError(f"{what}: could not download {url}: {e}") from e
+            raise DownloadError(input_name, f"could not download {url}: {e}") from e
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
     seconds = time.monotonic() - start
-    log.info("%s: downloaded %s (%.1f MB) in %.1fs (%.1f MB/s)", what, url, size / 1e6, seconds,
+    log.info("%s: downloaded %s (%.1f MB) in %.1fs (%.1f MB/s)", input_name, url, size / 1e6, seconds,
              size / 1e6 / max(seconds, 1e-6))
     return dest
 
@@ -127,17 +203,22 @@ def download(
 # --- pget ------------------------------------------------------------------------------------------
 
 
-def _pget(pget: str, url: str, tmp: Path, on_size: Callable[[int], None] | None) -> int:
-    size = _head_size(url)
-    if size is not None and on_size is not None:
+def _pget(pget: str, url: str, tmp: Path, on_size: Callable[[int], None] | None, limits: _Limits) -> int | None:
+    """pget for a file whose HEAD announces a size within the ceiling (None otherwise: our downloader
+    then streams it, counting bytes). pget is watched: killed once the file grows past the announced
+    size or stops changing for ``limits.stall_seconds``."""
+    size = _head_size(url, limits)
+    if size is None or size > limits.max_bytes:
+        return None
+    if on_size is not None:
         on_size(size)
     last: Exception | None = None
     for attempt in range(1, RETRIES + 1):
         tmp.unlink(missing_ok=True)  # pget writes the destination itself; we rename it into place after
-        try:  # argument list, never a shell string; killed by subprocess.run on any exception (cancel)
-            subprocess.run([pget, url, str(tmp)], check=True, close_fds=True, stdin=subprocess.DEVNULL)
+        try:
+            _run_watched([pget, url, str(tmp)], tmp, size, limits)
             got = tmp.stat().st_size
-            if size is not None and got != size:
+            if got != size:
                 raise _Retry(f"got {got} of {size} bytes")
             return got
         except (OSError, subprocess.CalledProcessError, _Retry) as e:
@@ -148,11 +229,38 @@ def _pget(pget: str, url: str, tmp: Path, on_size: Callable[[int], None] | None)
     raise _Failed(str(last))
 
 
-def _head_size(url: str) -> int | None:
+def _run_watched(argv: list[str], out: Path, size: int, limits: _Limits) -> None:
+    """Run ``argv`` (a list, never a shell string) while ``out`` grows; kill it past ``size`` bytes, after
+    ``limits.stall_seconds`` without a change, or on any exception (a cancellation too)."""
+    process = subprocess.Popen(argv, close_fds=True, stdin=subprocess.DEVNULL)
+    try:
+        seen = None
+        while process.poll() is None:
+            try:
+                st = out.stat()
+                now = (st.st_size, st.st_mtime_ns)
+            except FileNotFoundError:
+                now = None
+            if now != seen:
+                seen = now
+                limits.arrived()
+            if now is not None and now[0] > size:
+                raise _Failed(f"pget wrote {now[0]} bytes; the server announced {size}")
+            limits.remaining()  # raises once stalled
+            time.sleep(0.2)
+        if process.returncode:
+            raise subprocess.CalledProcessError(process.returncode, argv[0])
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _head_size(url: str, limits: _Limits) -> int | None:
     """Content-Length from a HEAD request, or None (best effort: pget does the real work)."""
     request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
     try:
-        with urllib.request.urlopen(request, timeout=min(TIMEOUT, 15.0)) as response:
+        with _opener().open(request, timeout=min(limits.stall_seconds, 15.0)) as response:
             length = response.headers.get("Content-Length")
             return int(length) if length is not None and length.isdigit() else None
     except (OSError, http.client.HTTPException, ValueError):
@@ -210,6 +318,9 @@ class _Writer:
     def write(self, data) -> int:
         if self.job.stop.is_set():
             raise _Stopped()
+        self.job.limits.arrived()
+        if self.pos + len(data) > self.job.limits.max_bytes:  # a body without a length (chunked, endless)
+            raise self.job.limits.too_large(f"more than {self.pos + len(data)}")
         _pwrite_all(self.fd, data, self.pos)
         self.pos += len(data)
         self.job.add(len(data))
@@ -224,9 +335,10 @@ def _pwrite_all(fd: int, data, pos: int) -> None:
 
 
 class _Download:
-    def __init__(self, url: str, tmp: Path, *, what: str, connections: int, chunk_size: int | None,
-                 on_size: Callable[[int], None] | None, progress: Progress | None):
-        self.url, self.tmp, self.what = url, tmp, what
+    def __init__(self, url: str, tmp: Path, *, input_name: str, connections: int, chunk_size: int | None,
+                 on_size: Callable[[int], None] | None, progress: Progress | None, limits: "_Limits"):
+        self.url, self.tmp, self.input_name = url, tmp, input_name
+        self.limits = limits
         self.connections, self.chunk_size = max(1, connections), chunk_size
         self.on_size, self.progress = on_size, progress
         self.total: int | None = None
@@ -257,15 +369,19 @@ class _Download:
         if range_header:
             headers["Range"] = range_header
         try:
-            return urllib.request.urlopen(urllib.request.Request(self.url, headers=headers), timeout=TIMEOUT)
+            return _opener().open(urllib.request.Request(self.url, headers=headers), timeout=self.limits.remaining())
         except urllib.error.HTTPError as e:
             e.close()
             if e.code == 416 and range_header:
                 raise
+            if 300 <= e.code < 400:
+                raise _Failed(f"a redirect loop or more than {MAX_REDIRECTS} redirects (HTTP {e.code}), or a "
+                              "redirect to something other than http(s)") from None
             if 400 <= e.code < 500 and e.code not in (408, 425, 429):
                 raise _Failed(f"HTTP {e.code} {e.reason}") from None
             raise _Retry(f"HTTP {e.code} {e.reason}") from None
         except (OSError, http.client.HTTPException) as e:  # URLError is an OSError
+            self.limits.remaining()  # a timeout that used up the stall budget fails as stalled
             raise _Retry(str(getattr(e, "reason", None) or e) or type(e).__name__) from None
 
     def open_first(self):
@@ -278,7 +394,7 @@ class _Download:
                 except urllib.error.HTTPError:  # 416: an empty file; ask again without a range
                     return self.open(None)
             except _Retry as e:
-                log.warning("%s: request for %s failed (attempt %d/%d): %s", self.what, self.url, attempt, RETRIES, e)
+                log.warning("%s: request for %s failed (attempt %d/%d): %s", self.input_name, self.url, attempt, RETRIES, e)
                 if attempt == RETRIES:
                     raise
                 _backoff(attempt, None)
@@ -299,7 +415,7 @@ class _Download:
                 self.chunks.extend((s, min(s + chunk, total)) for s in range(first_end, total, chunk))
                 n = min(self.connections, 1 + len(self.chunks))
                 log.debug("%s: %s is %d bytes: %d range requests over %d connections",
-                          self.what, self.url, total, 1 + len(self.chunks), n)
+                          self.input_name, self.url, total, 1 + len(self.chunks), n)
                 threads = [self._start(self._ranged_worker, (0, first_end), response)]
                 threads += [self._start(self._ranged_worker, None, None) for _ in range(n - 1)]
             elif response.status == 200:
@@ -326,6 +442,7 @@ class _Download:
         return self.done
 
     def _announce(self, total: int) -> None:
+        self.limits.check_size(total)
         if self.on_size is not None:
             self.on_size(total)  # may raise (e.g. not enough disk): nothing has been written yet
         fd = os.open(self.tmp, os.O_WRONLY)
@@ -373,11 +490,16 @@ class _Download:
             if big and alive and (decile > last_decile or now - last_log >= LOG_EVERY_S):
                 rate = done / 1e6 / max(now - started, 1e-6)
                 if total:
-                    log.info("%s: %d%% of %.0f MB at %.1f MB/s", self.what, done * 100 // total, total / 1e6, rate)
+                    log.info("%s: %d%% of %.0f MB at %.1f MB/s", self.input_name, done * 100 // total, total / 1e6, rate)
                 else:
-                    log.info("%s: %.0f MB at %.1f MB/s", self.what, done / 1e6, rate)
+                    log.info("%s: %.0f MB at %.1f MB/s", self.input_name, done / 1e6, rate)
                 last_log, last_decile = now, decile
             if not alive or self.stop.is_set():
+                return
+            try:
+                self.limits.remaining()
+            except _Failed as e:  # every worker is waiting on a silent connection: give up now
+                self.fail(e)
                 return
 
     # -- workers (each with its own file descriptor, so a late one never writes to a reused fd) --
@@ -421,6 +543,7 @@ class _Download:
                         data = response.read1(min(READ_SIZE, end - pos))  # what has arrived: progress shows
                         if not data:
                             break
+                        self.limits.arrived()
                         _pwrite_all(fd, data, pos)
                         pos += len(data)
                         self.add(len(data))
@@ -434,9 +557,10 @@ class _Download:
                 if _is_disk_full(e):
                     raise _Failed(str(e)) from None
                 failures = 0 if pos > before else failures + 1
+                self.limits.remaining()  # stalled too long in all: fail as stalled
                 if failures >= RETRIES or attempts >= MAX_ATTEMPTS:
                     raise _Failed(str(e)) from None
-                log.warning("%s: bytes %d-%d of %s: %s; retrying from byte %d", self.what, start, end - 1,
+                log.warning("%s: bytes %d-%d of %s: %s; retrying from byte %d", self.input_name, start, end - 1,
                             self.url, e, pos)
                 _backoff(failures or 1, self.stop)
 
@@ -463,9 +587,10 @@ class _Download:
                     if response is not None:
                         response.close()
                         response = None
+                    self.limits.remaining()  # stalled too long in all: fail as stalled
                     if _is_disk_full(e) or attempt == RETRIES:
                         raise _Failed(str(e)) from None
-                    log.warning("%s: download of %s failed (attempt %d/%d): %s", self.what, self.url, attempt,
+                    log.warning("%s: download of %s failed (attempt %d/%d): %s", self.input_name, self.url, attempt,
                                 RETRIES, e)
                     self.add(-writer.pos)
                     writer.pos = 0

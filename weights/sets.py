@@ -181,9 +181,9 @@ def resolve(name: str) -> Path:
         return _build(dest, lambda tmp: _link_hf(ws, tmp))
     if f == "replicate":
         log.info("downloading %s from %s", name, ws.url)
-        tar = download(ws.url, dest.parent / f".{name}.tar", what=name)
+        tar = download(ws.url, dest.parent / f".{name}.tar", input_name=name)
         try:
-            return extract_tar(tar, dest, what=name)
+            return extract_tar(tar, dest, input_name=name)
         finally:
             tar.unlink(missing_ok=True)
     raise FileNotFoundError(f"SDXL_WEIGHTS={f}: no directory {dest} for weight set {name!r}")

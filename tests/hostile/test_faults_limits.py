@@ -18,6 +18,7 @@ from hostile.builders import photos_with_captions, zip_bytes
 
 import weights.cache as cache_mod
 from weights.cache import WeightsCache
+from weights.sources import fetch_url
 from weights.download import DownloadError
 
 # --- a training that fails mid-way -----------------------------------------------------------------
@@ -121,14 +122,14 @@ def test_low_disk_on_a_real_2mb_tmpfs(tmp_path, http_files, monkeypatch):
     files["/huge.tar"] = _tar_of(3 * 1024**2, -1)
     with _tmpfs(tmp_path / "disk", "2m") as disk:
         cache = WeightsCache(disk / "cache")
-        a = cache.fetch(f"{url}/a.tar")
+        a = fetch_url(f"{url}/a.tar", cache)
         assert a.is_dir()
         # b fits only once a is evicted (raw 700k + extracted 700k + a's 700k > 2m)
-        b = cache.fetch(f"{url}/b.tar")
+        b = fetch_url(f"{url}/b.tar", cache)
         assert b.is_dir() and (b / "lora.safetensors").stat().st_size == 700 * 1024
         # larger than the whole disk: fails cleanly, naming the input, nothing half-written
         with pytest.raises(DownloadError, match="replicate_weights"):
-            cache.fetch(f"{url}/huge.tar")
+            fetch_url(f"{url}/huge.tar", cache)
         assert [p.name for p in (disk / "cache").iterdir() if p.name.startswith(".")] == []
         assert all((e / "lora.safetensors").stat().st_size == 700 * 1024 for e in cache.entries())
 
@@ -139,7 +140,7 @@ def test_low_disk_simulated_evicts_least_recently_used_first(tmp_path, http_file
     for name in ("a", "b", "c"):
         files[f"/{name}.tar"] = _tar_of(100 * 1024, ord(name))
     cache = WeightsCache(tmp_path / "cache", max_bytes=10**9)
-    ea, eb = cache.fetch(f"{url}/a.tar"), cache.fetch(f"{url}/b.tar")
+    ea, eb = fetch_url(f"{url}/a.tar", cache), fetch_url(f"{url}/b.tar", cache)
     os.utime(ea.parent if ea.is_file() else ea, (1, 1))  # a is the least recently used
     capacity = 250 * 1024  # a disk with room for two entries and a half
     real = shutil.disk_usage
@@ -149,7 +150,7 @@ def test_low_disk_simulated_evicts_least_recently_used_first(tmp_path, http_file
         return real(path)._replace(free=max(capacity - used, 0))
 
     monkeypatch.setattr(cache_mod.shutil, "disk_usage", disk_usage)
-    ec = cache.fetch(f"{url}/c.tar")
+    ec = fetch_url(f"{url}/c.tar", cache)
     assert ec.exists() and eb.exists() and not ea.exists()
 
 
@@ -168,10 +169,10 @@ def test_download_failing_with_enospc_leaves_no_part_file(tmp_path, http_files, 
     monkeypatch.setattr(download.shutil, "copyfileobj", copy_until_full)
     cache = WeightsCache(tmp_path / "cache")
     with pytest.raises(DownloadError, match="replicate_weights.*No space left"):
-        cache.fetch(f"{url}/a.tar")
+        fetch_url(f"{url}/a.tar", cache)
     assert list((tmp_path / "cache").iterdir()) == []
     monkeypatch.setattr(download.shutil, "copyfileobj", real_copy)
-    assert (cache.fetch(f"{url}/a.tar") / "lora.safetensors").stat().st_size == 300 * 1024
+    assert (fetch_url(f"{url}/a.tar", cache) / "lora.safetensors").stat().st_size == 300 * 1024
 
 
 # --- limits: exist, enforced before expensive work, named in the error ------------------------------

@@ -119,10 +119,10 @@ def test_server_still_serves_the_same_base_image_after_bad_images(predict_api, b
 def test_prompt_over_the_limit_fails_before_denoising(predict_api, baseline):
     start = time.monotonic()
     body = predict_api.predict_failed(prompt="x" * 10_001, num_inference_steps=500)
-    assert "ValueError: prompt: 10001 characters is over the limit of 10000" in body["error"], body["error"]
+    assert "InputError: prompt: 10001 characters is over the limit of 10000" in body["error"], body["error"]
     assert time.monotonic() - start < 30
     body = predict_api.predict_failed(negative_prompt="y" * 20_000)
-    assert "ValueError: negative_prompt: 20000 characters" in body["error"], body["error"]
+    assert "InputError: negative_prompt: 20000 characters" in body["error"], body["error"]
     assert_base_unchanged(predict_api, baseline)
 
 

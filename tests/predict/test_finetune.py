@@ -28,8 +28,8 @@ def test_lora_scale_zero_gives_the_base_image(run, lora_tar):
 def test_trigger_word_becomes_the_new_tokens_in_both_encoders(predictor, run, lora_tar):
     run(replicate_weights=str(lora_tar), **TOK)
     ft = predictor.finetunes
-    assert ft.prompt("a photo of TOK") == "a photo of <s0><s1>"
-    assert ft.prompt("TOKYO stock TOKs") == "TOKYO stock TOKs"  # whole words only
+    assert ft.rewrite_prompt("a photo of TOK") == "a photo of <s0><s1>"
+    assert ft.rewrite_prompt("TOKYO stock TOKs") == "TOKYO stock TOKs"  # whole words only
     base = predictor.models.base
     for tokenizer in (base.tokenizer, base.tokenizer_2):
         ids = tokenizer("a photo of <s0><s1>").input_ids
@@ -128,7 +128,7 @@ def _empty_tar(d):
     [
         (_not_a_tar, "expected a tar of trained weights"),
         (_empty_tar, "expected lora.safetensors or unet.safetensors"),
-        (lambda d: d / "missing.tar", "neither an http(s) URL nor an existing path"),
+        (lambda d: d / "missing.tar", "nor a file or folder inside the folder this server allows"),
     ],
 )
 def test_bad_weights_fail_clearly_and_leave_the_base_model(run, tmp_path, make, message):

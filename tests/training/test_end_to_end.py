@@ -96,8 +96,8 @@ def test_the_predictor_applies_the_tar(trained_tar, tmp_path):
                     generator=torch.Generator().manual_seed(0)).images[0]
 
     before = draw("a photo of TOK")
-    finetunes.apply(finetunes.read(tmp_path / "w", what="weights", source=str(tar_path)))
-    prompt = finetunes.prompt("a photo of TOK")
+    finetunes.apply(finetunes.read(tmp_path / "w", input_name="weights", source=str(tar_path)))
+    prompt = finetunes.rewrite_prompt("a photo of TOK")
     assert prompt == "a photo of <s0><s1>"
     after = draw(prompt)
     assert np.abs(after - before).max() > 1e-3

@@ -20,9 +20,11 @@ import pytest
 
 import weights.cache as cache_mod
 import weights.download as dl
-from weights.archive import ArchiveError, extract_tar
+from weights.archive import extract_tar
+from weights.errors import ArchiveError, DownloadError
 from weights.cache import WeightsCache
-from weights.download import DownloadError, download
+from weights.sources import fetch_url
+from weights.download import download
 
 KiB, MiB = 1024, 1024**2
 
@@ -161,7 +163,7 @@ def fast(monkeypatch):
     """No pget from the host, no backoff sleeps, short socket timeouts: every test stays fast."""
     monkeypatch.setattr(dl.shutil, "which", lambda name, *a, **k: None if name == "pget" else shutil.which(name))
     monkeypatch.setattr(dl, "_backoff", lambda attempt, stop: None)
-    monkeypatch.setattr(dl, "TIMEOUT", 5.0)
+    monkeypatch.setenv("SDXL_DOWNLOAD_STALL_SECONDS", "5")
     monkeypatch.delenv("SDXL_DOWNLOAD_CONNECTIONS", raising=False)
 
 
@@ -258,7 +260,7 @@ def test_a_server_that_always_fails_leaves_no_entry_and_no_temp_file(serve, tmp_
     server.fail = Server.ALWAYS
     cache = WeightsCache(tmp_path / "cache")
     with pytest.raises(DownloadError, match=r"^replicate_weights: could not download .*/x\.tar: HTTP 500"):
-        cache.fetch(server.url + "/x.tar")
+        fetch_url(server.url + "/x.tar", cache)
     assert len(server.gets()) == dl.RETRIES
     assert _left(tmp_path / "cache") == []
     assert cache.entries() == []
@@ -270,7 +272,7 @@ def test_a_file_always_cut_short_fails_with_the_sizes_and_leaves_nothing(serve, 
         server = serve({"/cut": data}, ranges=ranges)
         server.drop["/cut"] = (0 if ranges else 150_000, 100)
         with pytest.raises(DownloadError, match=r"^lora: could not download .*(closed after|got 150000 of 200000)"):
-            download(server.url + "/cut", tmp_path / "d" / "cut", what="lora")
+            download(server.url + "/cut", tmp_path / "d" / "cut", input_name="lora")
         assert len(server.gets()) == dl.RETRIES
         assert _left(tmp_path / "d") == []
 
@@ -278,7 +280,7 @@ def test_a_file_always_cut_short_fails_with_the_sizes_and_leaves_nothing(serve, 
 def test_a_missing_file_is_not_retried(serve, tmp_path):
     server = serve({})
     with pytest.raises(DownloadError, match="replicate_weights: could not download .*HTTP 404"):
-        WeightsCache(tmp_path / "cache").fetch(server.url + "/missing.safetensors")
+        fetch_url(server.url + "/missing.safetensors", WeightsCache(tmp_path / "cache"))
     assert len(server.gets()) == 1
     assert _left(tmp_path / "cache") == []
 
@@ -304,7 +306,7 @@ def test_a_cancelled_download_leaves_nothing_even_while_the_server_stalls(serve,
     cache = WeightsCache(tmp_path / "cache")
     start = time.monotonic()
     with pytest.raises(Cancelled):
-        cache.fetch(server.url + "/slow.tar", progress=progress, what="replicate_weights")
+        fetch_url(server.url + "/slow.tar", cache, progress=progress, input_name="replicate_weights")
     assert time.monotonic() - start < 3  # not held up by the stalled connections
     assert 1 <= len(server.gets()) <= (dl.CONNECTIONS if ranges else 1)  # stopped workers ask for nothing more
     assert _left(tmp_path / "cache") == []
@@ -313,7 +315,7 @@ def test_a_cancelled_download_leaves_nothing_even_while_the_server_stalls(serve,
     assert _left(tmp_path / "cache") == []
     # and the same URL works afterwards
     del server.stall["/slow.tar"]
-    assert (cache.fetch(server.url + "/slow.tar")).read_bytes() == data
+    assert (fetch_url(server.url + "/slow.tar", cache)).read_bytes() == data
 
 
 # --- the cache ------------------------------------------------------------------------------------------
@@ -323,14 +325,14 @@ def test_the_second_request_for_a_cached_url_makes_no_network_call(serve, tmp_pa
     data = os.urandom(300_000)
     server = serve({"/lora.safetensors": data, "/w.tar": _tar({"a.safetensors": data})})
     cache = WeightsCache(tmp_path / "cache")
-    one = cache.fetch(server.url + "/lora.safetensors")
-    tar = cache.fetch(server.url + "/w.tar")
+    one = fetch_url(server.url + "/lora.safetensors", cache)
+    tar = fetch_url(server.url + "/w.tar", cache)
     assert one.name == "weights.bin" and one.read_bytes() == data
     assert (tar / "a.safetensors").read_bytes() == data
     before = list(server.requests)
-    assert cache.fetch(server.url + "/lora.safetensors") == one
-    assert cache.fetch(server.url + "/w.tar") == tar
-    assert WeightsCache(tmp_path / "cache").fetch(server.url + "/w.tar") == tar  # a new process, same disk
+    assert fetch_url(server.url + "/lora.safetensors", cache) == one
+    assert fetch_url(server.url + "/w.tar", cache) == tar
+    assert fetch_url(server.url + "/w.tar", WeightsCache(tmp_path / "cache")) == tar  # a new process, same disk
     assert server.requests == before
 
 
@@ -338,15 +340,15 @@ def test_eviction_removes_the_least_recently_used_entry_first_and_before_downloa
     files = {f"/{n}.bin": bytes([ord(n)]) * 100_000 for n in "abc"}
     server = serve(files)
     cache = WeightsCache(tmp_path / "cache", max_bytes=250_000)  # room for two
-    a = cache.fetch(server.url + "/a.bin")
+    a = fetch_url(server.url + "/a.bin", cache)
     time.sleep(0.02)
-    b = cache.fetch(server.url + "/b.bin")
+    b = fetch_url(server.url + "/b.bin", cache)
     time.sleep(0.02)
-    assert cache.fetch(server.url + "/a.bin") == a  # a hit: b is now the least recently used
+    assert fetch_url(server.url + "/a.bin", cache) == a  # a hit: b is now the least recently used
     time.sleep(0.02)
     state_when_c_was_requested = []
     server.on_request = lambda path: state_when_c_was_requested.append((a.exists(), b.exists()))
-    c = cache.fetch(server.url + "/c.bin")
+    c = fetch_url(server.url + "/c.bin", cache)
     assert a.exists() and c.exists() and not b.exists()
     assert [e.name for e in cache.entries()] == [a.parent.name, c.parent.name]
     # the size came with the first answer and b was gone before the body was written
@@ -357,11 +359,11 @@ def test_eviction_removes_the_least_recently_used_entry_first_and_before_downloa
 def test_a_download_larger_than_the_disk_can_hold_is_refused_before_anything_is_evicted(serve, tmp_path, monkeypatch):
     server = serve({"/a.bin": b"a" * 1000, "/huge.bin": b"h" * 50_000})
     cache = WeightsCache(tmp_path / "cache")
-    a = cache.fetch(server.url + "/a.bin")
+    a = fetch_url(server.url + "/a.bin", cache)
     real = shutil.disk_usage
     monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: real(p)._replace(free=10_000))
     with pytest.raises(DownloadError, match=r"replicate_weights: .*/huge.bin is 50000 bytes; .* only 10000 bytes free"):
-        cache.fetch(server.url + "/huge.bin")
+        fetch_url(server.url + "/huge.bin", cache)
     assert a.exists() and _left(tmp_path / "cache") == [a.parent.name]
     assert len(server.gets("/huge.bin")) == 1  # the answer's headers were enough
 
@@ -376,7 +378,7 @@ def test_concurrent_fetches_of_one_url_make_one_download(serve, tmp_path):
 
     def worker():
         barrier.wait()
-        results.append(cache.fetch(server.url + "/same.tar"))
+        results.append(fetch_url(server.url + "/same.tar", cache))
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
@@ -401,7 +403,7 @@ def test_when_the_first_of_concurrent_fetches_fails_the_next_one_retries(serve, 
     def worker():
         barrier.wait()
         try:
-            outcomes.append(cache.fetch(server.url + "/flaky.bin"))
+            outcomes.append(fetch_url(server.url + "/flaky.bin", cache))
         except DownloadError as e:
             outcomes.append(e)
 
@@ -422,12 +424,12 @@ def test_a_compressed_tar_bigger_than_the_free_disk_is_refused_naming_the_limit(
     assert bomb.stat().st_size < 64 * KiB
     monkeypatch.setattr("weights.archive.MAX_UNPACKED_BYTES", 1 * MiB)
     with pytest.raises(ArchiveError, match=r"unpacks to 4194304 bytes; at most 1048576 .*MAX_UNPACKED_BYTES"):
-        extract_tar(bomb, tmp_path / "out" / "e", what="replicate_weights")
+        extract_tar(bomb, tmp_path / "out" / "e", input_name="replicate_weights")
     monkeypatch.setattr("weights.archive.MAX_UNPACKED_BYTES", 64 * 1024**3)
     real = shutil.disk_usage
     monkeypatch.setattr("weights.archive.shutil.disk_usage", lambda p: real(p)._replace(free=2 * MiB))
     with pytest.raises(ArchiveError, match=r"^replicate_weights: bomb.tar.gz unpacks to 4194304 bytes; only 2097152 bytes are free"):
-        extract_tar(bomb, tmp_path / "out" / "e", what="replicate_weights")
+        extract_tar(bomb, tmp_path / "out" / "e", input_name="replicate_weights")
     assert _left(tmp_path / "out") == []
 
 
@@ -463,14 +465,14 @@ def test_pget_on_path_is_used_with_an_argument_list_and_the_same_atomic_placemen
     pget.chmod(0o755)
     monkeypatch.setattr(dl.shutil, "which", lambda name, *a, **k: str(pget) if name == "pget" else None)
     cache = WeightsCache(tmp_path / "cache")
-    got = cache.fetch(server.url + "/p.bin")
+    got = fetch_url(server.url + "/p.bin", cache)
     assert got.read_bytes() == data
     argv = eval(log_file.read_text().splitlines()[0])  # noqa: S307 - our own repr
     assert argv[0] == server.url + "/p.bin"
     assert Path(argv[1]).parent == tmp_path / "cache" and Path(argv[1]).name.endswith(".part")
     assert _left(tmp_path / "cache") == [got.parent.name]
     with pytest.raises(DownloadError, match="replicate_weights: could not download .*/fail.bin"):
-        cache.fetch(server.url + "/fail.bin")
+        fetch_url(server.url + "/fail.bin", cache)
     assert _left(tmp_path / "cache") == [got.parent.name]
 
 
@@ -480,7 +482,7 @@ def test_progress_is_logged_for_large_files(serve, tmp_path, monkeypatch, caplog
     server = serve({"/big": data})
     server.delay = 0.1
     with caplog.at_level(logging.INFO, logger="weights.download"):
-        download(server.url + "/big", tmp_path / "big", chunk_size=512 * KiB, connections=2, what="sdxl-base")
+        download(server.url + "/big", tmp_path / "big", chunk_size=512 * KiB, connections=2, input_name="sdxl-base")
     lines = [r.getMessage() for r in caplog.records]
     assert any(re.match(r"sdxl-base: \d+% of 4 MB at [\d.]+ MB/s", m) for m in lines), lines
     assert any(re.match(r"sdxl-base: downloaded .* \(4\.2 MB\) in .* MB/s\)", m) for m in lines), lines

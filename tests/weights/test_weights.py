@@ -17,8 +17,10 @@ from helpers.http_files import FileServer
 
 import weights
 from weights import sets
-from weights.archive import ArchiveError, extract_tar
+from weights.archive import extract_tar
+from weights.errors import ArchiveError, DownloadError
 from weights.cache import WeightsCache
+from weights.sources import fetch_url
 from weights.tiny_sdxl import make_base
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,7 +89,7 @@ def test_failed_download_leaves_nothing(monkeypatch, tmp_path):
         ws = dataclasses.replace(sets.WEIGHT_SETS["safety-checker"], url=server.url + "/safety.tar")
         monkeypatch.setitem(sets.WEIGHT_SETS, "safety-checker", ws)
         monkeypatch.setattr("weights.download.time.sleep", lambda s: None)
-        with pytest.raises(RuntimeError, match="safety-checker: could not download"):
+        with pytest.raises(DownloadError, match="safety-checker: could not download"):
             weights.resolve("safety-checker")
         assert list(tmp_path.iterdir()) == []
     finally:
@@ -172,13 +174,13 @@ def test_weights_cache_fetches_once_and_evicts_least_recently_used(tmp_path):
     server = FileServer(payload)
     try:
         cache = WeightsCache(tmp_path / "cache", max_bytes=2500)
-        a = cache.fetch(server.url + "/w0.bin")
+        a = fetch_url(server.url + "/w0.bin", cache)
         assert a.read_bytes() == payload["/w0.bin"]
-        assert cache.fetch(server.url + "/w0.bin") == a
+        assert fetch_url(server.url + "/w0.bin", cache) == a
         assert server.requests == ["/w0.bin"]  # the second fetch made no network call
-        cache.fetch(server.url + "/w1.bin")
+        fetch_url(server.url + "/w1.bin", cache)
         os.utime(a.parent, (1, 1))  # w0 is now the least recently used
-        cache.fetch(server.url + "/w2.bin")
+        fetch_url(server.url + "/w2.bin", cache)
         left = {p.read_bytes()[:1] for e in cache.entries() for p in e.iterdir()}
         assert left == {b"B", b"C"}
     finally:
@@ -190,8 +192,8 @@ def test_weights_cache_failed_download_leaves_no_entry(tmp_path, monkeypatch):
     monkeypatch.setattr("weights.download.time.sleep", lambda s: None)
     try:
         cache = WeightsCache(tmp_path / "cache")
-        with pytest.raises(RuntimeError, match="replicate_weights: could not download"):
-            cache.fetch(server.url + "/x.tar")
+        with pytest.raises(DownloadError, match="replicate_weights: could not download"):
+            fetch_url(server.url + "/x.tar", cache)
         assert list((tmp_path / "cache").iterdir()) == []
         assert len(server.requests) == 3  # retried
     finally:
