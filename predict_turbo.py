@@ -22,7 +22,6 @@ from sdxl.generate import Settings, generate
 from sdxl.images import load_image, save_images
 from sdxl.model_specs import MODEL_SPECS
 from weights.cache import WeightsCache
-from weights.sets import REPO_ROOT
 
 # Literal lists: cog's static parser reads only this file's module-level literals (tests check that they
 # equal sdxl.model_specs.FEWSTEP_MODELS and sdxl.images.OUTPUT_FORMATS).
@@ -39,12 +38,12 @@ class Predictor(BaseRunner):
         self.models = FewStepModels(default=MODEL_NAMES[0])
         self.finetunes: dict[str, FineTunes] = {}
         self.watermarker = StableDiffusionXLWatermarker()
-        cache_root = os.environ.get("SDXL_LORA_CACHE", str(REPO_ROOT / "weights-cache" / "trained"))
-        self.cache = WeightsCache(LocalPath(cache_root))
+        self.cache = WeightsCache.from_env()
         self.default_weights = None if weights is None or str(weights) in ("", "weights") else str(weights)
         if self.default_weights:
             log.info("loading trained weights given at setup (COG_WEIGHTS): %s", self.default_weights)
-            self._finetunes(MODEL_NAMES[0]).use(self.default_weights, self.cache, what="COG_WEIGHTS")
+            self._finetunes(MODEL_NAMES[0]).use(self.default_weights, self.cache, input_name="COG_WEIGHTS",
+                                                operator_given=True)
         self.out_dir: LocalPath | None = None
 
     def _finetunes(self, model: str) -> FineTunes:
@@ -143,6 +142,7 @@ class Predictor(BaseRunner):
             prompt_strength=prompt_strength,
             has_image=image is not None,
             has_mask=mask is not None,
+            seed=seed,
         )
         init_image = load_image(image, name="image") if image is not None else None
         mask_image = load_image(mask, name="mask", mode="L") if mask is not None else None
@@ -154,9 +154,11 @@ class Predictor(BaseRunner):
 
         models = self.models.get(model)
         finetunes = self._finetunes(model)
-        what = "replicate_weights" if replicate_weights else "COG_WEIGHTS"
-        finetunes.use(replicate_weights or self.default_weights, self.cache, what=what)
-        prompt = finetunes.prompt(prompt)
+        if replicate_weights:
+            finetunes.use(replicate_weights, self.cache, input_name="replicate_weights")
+        else:
+            finetunes.use(self.default_weights, self.cache, input_name="COG_WEIGHTS", operator_given=True)
+        prompt = finetunes.rewrite_prompt(prompt)
         log.info("Prompt: %s", prompt)
 
         settings = Settings(

@@ -85,17 +85,17 @@ def strength_steps(steps: int, strength: float) -> int:
 
 def check_strength_leaves_a_step(steps: int, strength: float, *, steps_input: str = "num_inference_steps",
                                  strength_input: str | None = "prompt_strength", stage: str = "the image",
-                                 also_blame: Sequence[str] = ()) -> None:
+                                 also_blame: Sequence[str] = (), max_steps: int = MAX_STEPS) -> None:
     """Refuse a ``strength`` (a fraction of ``steps``) that leaves no denoising step, naming both inputs
     (``strength_input`` None: a fixed strength, e.g. the refiner's 0.3; ``also_blame``: other inputs that
-    chose this stage) and the values that would work."""
+    chose this stage) and the values that would work (step counts up to ``max_steps``, the model's limit)."""
     if strength_steps(steps, strength) >= 1:
         return
     names = [steps_input] + ([strength_input] if strength_input else []) + list(also_blame)
     if strength <= 0:
         raise InputError(names, f"{strength_input} 0 leaves {stage} as it is: no denoising step would run; "
                                 f"use a {strength_input} above 0 (e.g. 0.8)")
-    fewest = next((n for n in range(steps, MAX_STEPS + 1) if strength_steps(n, strength) >= 1), None)
+    fewest = next((n for n in range(steps, max_steps + 1) if strength_steps(n, strength) >= 1), None)
     what = f"{strength_input} {strength:g}" if strength_input else f"{int(strength * 100)}%"
     ways = [f"{steps_input} of at least {fewest}"] if fewest else []
     if strength_input:

@@ -24,7 +24,15 @@ from diffusers import (
 
 import weights
 
-from .checks import MAX_PROMPT_CHARS, multiple_of_8
+from .checks import (
+    InputError,
+    check_mask_has_image,
+    check_seed,
+    check_strength_leaves_a_step,
+    check_text_length,
+    multiple_of_8,
+    strength_steps,
+)
 from .model_specs import MODEL_SPECS, ModelSpec
 from .models import Models, pick_device, variant_of
 from .safety import SafetyChecker
@@ -115,42 +123,30 @@ class Plan:
     guidance_scale: float
 
 
-def steps_for_strength(steps: int, strength: float) -> int:
-    """How many steps img2img/inpaint denoise: diffusers runs ``int(steps * strength)`` of ``steps``."""
-    return min(int(steps * strength), steps)
-
-
 def check_steps_and_strength(spec: ModelSpec, steps: int | None, strength: float) -> int:
-    """The step count for an image request: ``steps`` when it denoises at least one step; when ``steps`` is
-    None, the model's default raised (logged) until it does. Refused, naming both inputs, when none fits."""
-    if strength <= 0:
-        raise ValueError("prompt_strength: 0 leaves the input image unchanged; use a value above 0 (up to 1)")
-    if steps is not None:
-        if steps_for_strength(steps, strength) < 1:
-            needed = _fewest_steps(strength)
-            hint = f"num_inference_steps of at least {needed}" if needed <= spec.max_steps else "a higher prompt_strength"
-            raise ValueError(
-                f"num_inference_steps x prompt_strength: {steps} x {strength} denoises no step at all "
-                f"(diffusers runs int({steps} x {strength}) = 0 steps); use {hint}"
-            )
+    """The step count for an image request: ``steps`` when it denoises at least one step (else refused by the
+    main model's rule, naming both inputs); when ``steps`` is None, the model's default raised (logged) until
+    it does."""
+    if steps is not None or strength <= 0:
+        steps = spec.default_steps if steps is None else steps
+        check_strength_leaves_a_step(steps, strength, max_steps=spec.max_steps)
         return steps
     steps = spec.default_steps
-    if steps_for_strength(steps, strength) >= 1:
+    if strength_steps(steps, strength) >= 1:
         return steps
     needed = _fewest_steps(strength)
     if needed > spec.max_steps:
-        raise ValueError(
-            f"prompt_strength: {strength} needs {needed} steps to denoise one, over {spec.name}'s limit of "
-            f"{spec.max_steps} num_inference_steps; use a prompt_strength of at least {1 / spec.max_steps:g}"
-        )
+        raise InputError("prompt_strength", f"{strength} needs {needed} steps to denoise one, over {spec.name}'s "
+                                            f"limit of {spec.max_steps} num_inference_steps; use a prompt_strength "
+                                            f"of at least {1 / spec.max_steps:g}")
     log.info("num_inference_steps: %d x prompt_strength %g denoises no step; using %d steps (%d denoised)",
-             steps, strength, needed, steps_for_strength(needed, strength))
+             steps, strength, needed, strength_steps(needed, strength))
     return needed
 
 
 def _fewest_steps(strength: float) -> int:
     steps = max(1, math.ceil(1 / strength) - 1)
-    while steps_for_strength(steps, strength) < 1:  # int() of a float product: step up past rounding
+    while strength_steps(steps, strength) < 1:  # int() of a float product: step up past rounding
         steps += 1
     return steps
 
@@ -167,22 +163,23 @@ def plan_request(
     prompt_strength: float,
     has_image: bool,
     has_mask: bool,
+    seed: int | None = None,
 ) -> Plan:
-    """Check a few-step request before any work (each error names the input) and fill in the model's defaults."""
-    for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-        if len(text) > MAX_PROMPT_CHARS:
-            raise ValueError(f"{name}: {len(text)} characters is over the limit of {MAX_PROMPT_CHARS}")
-    if has_mask and not has_image:
-        raise ValueError("mask: a mask needs an image to inpaint; pass image as well")
+    """Check a few-step request before any work with the main model's rules (sdxl/checks.py; each error
+    names the inputs) and fill in the model's defaults."""
+    check_text_length("prompt", prompt)
+    check_text_length("negative_prompt", negative_prompt)
+    check_mask_has_image(has_image, has_mask)
+    check_seed(seed)
     sides = {}
     for name, value in (("width", width), ("height", height)):
         value = spec.size if value is None else value
         if value > MAX_SIDE:
-            raise ValueError(f"{name}: {value} is over the limit of {MAX_SIDE}")
+            raise InputError(name, f"{value} is over the limit of {MAX_SIDE}")
         sides[name] = multiple_of_8(value, name)
     steps = num_inference_steps
     if steps is not None and steps > spec.max_steps:
-        raise ValueError(f"num_inference_steps: {steps} is over {spec.name}'s limit of {spec.max_steps}")
+        raise InputError("num_inference_steps", f"{steps} is over {spec.name}'s limit of {spec.max_steps}")
     if has_image:
         steps = check_steps_and_strength(spec, steps, prompt_strength)
     elif steps is None:

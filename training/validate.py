@@ -43,10 +43,10 @@ def images(weights_dir: Path, cfg: TrainConfig, base_dir: Path, out_dir: Path, c
     models = Models(device=device, dtype=dtype, base=pipe, img2img=None, inpaint=None, refiner=None, safety=None,
                     scheduler_config=pipe.scheduler.config, refiner_scheduler_config={})
     finetunes = FineTunes(models)
-    finetunes.apply(finetunes.read(Path(weights_dir), what="weights", source=str(weights_dir)))
+    finetunes.apply(finetunes.read(Path(weights_dir), input_name="weights", source=str(weights_dir)))
     prompt = prompt_for(cfg)
     settings = Settings(
-        prompt=finetunes.prompt(prompt), negative_prompt="", width=cfg.resolution, height=cfg.resolution,
+        prompt=finetunes.rewrite_prompt(prompt), negative_prompt="", width=cfg.resolution, height=cfg.resolution,
         num_outputs=count, scheduler=SCHEDULER, num_inference_steps=STEPS, guidance_scale=GUIDANCE_SCALE,
         prompt_strength=0.8, seed=SEED, refine="no_refiner", high_noise_frac=0.8, refine_steps=None,
         apply_watermark=False, lora_scale=LORA_SCALE,

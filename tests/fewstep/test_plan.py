@@ -4,7 +4,8 @@ import logging
 
 import pytest
 
-from sdxl.fewstep import plan_request, steps_for_strength
+from sdxl.checks import InputError, strength_steps as steps_for_strength
+from sdxl.fewstep import plan_request
 from sdxl.model_specs import MODEL_SPECS
 
 TURBO, LIGHTNING_4, LIGHTNING_8 = (MODEL_SPECS[n] for n in ("sdxl-turbo", "sdxl-lightning-4step", "sdxl-lightning-8step"))
@@ -44,31 +45,31 @@ def test_raised_steps_are_the_fewest_that_denoise_one_step(strength):
 
 
 def test_given_steps_that_denoise_nothing_are_refused_naming_both_inputs():
-    with pytest.raises(ValueError, match=r"num_inference_steps x prompt_strength: 1 x 0\.5.*at least 2"):
+    with pytest.raises(InputError, match=r"^num_inference_steps, prompt_strength: .*int\(1 x 0\.5\) = 0.*num_inference_steps of at least 2"):
         plan(has_image=True, num_inference_steps=1, prompt_strength=0.5)
-    with pytest.raises(ValueError, match="num_inference_steps x prompt_strength: 3 x 0.3"):
+    with pytest.raises(InputError, match=r"^num_inference_steps, prompt_strength: .*int\(3 x 0\.3\) = 0"):
         plan(has_image=True, num_inference_steps=3, prompt_strength=0.3)
 
 
 def test_strength_too_small_for_any_allowed_step_count_is_refused():
-    with pytest.raises(ValueError, match=r"prompt_strength: 0\.05 needs 20 steps.*limit of 10"):
+    with pytest.raises(InputError, match=r"prompt_strength: 0\.05 needs 20 steps.*limit of 10"):
         plan(has_image=True, prompt_strength=0.05)
-    with pytest.raises(ValueError, match="higher prompt_strength"):
+    with pytest.raises(InputError, match=r"^num_inference_steps, prompt_strength: .*use prompt_strength of at least 0\.10$"):
         plan(has_image=True, num_inference_steps=10, prompt_strength=0.05)
-    with pytest.raises(ValueError, match="prompt_strength: 0 leaves the input image unchanged"):
+    with pytest.raises(InputError, match="^num_inference_steps, prompt_strength: prompt_strength 0 leaves the image as it is"):
         plan(has_image=True, prompt_strength=0.0)
 
 
 def test_out_of_limit_requests_are_refused_naming_the_input():
-    with pytest.raises(ValueError, match="num_inference_steps: 11 is over sdxl-turbo's limit of 10"):
+    with pytest.raises(InputError, match="num_inference_steps: 11 is over sdxl-turbo's limit of 10"):
         plan(num_inference_steps=11)
-    with pytest.raises(ValueError, match="width: 4096 is over the limit of 2048"):
+    with pytest.raises(InputError, match="width: 4096 is over the limit of 2048"):
         plan(width=4096)
-    with pytest.raises(ValueError, match="height: 4 is too small"):
+    with pytest.raises(InputError, match="height: 4 is too small"):
         plan(height=4)
-    with pytest.raises(ValueError, match="mask: a mask needs an image"):
+    with pytest.raises(InputError, match="mask: a mask needs an image"):
         plan(has_mask=True)
-    with pytest.raises(ValueError, match="prompt: 10001 characters"):
+    with pytest.raises(InputError, match="prompt: 10001 characters"):
         plan(prompt="x" * 10001)
 
 

@@ -53,7 +53,7 @@ def test_steps_times_strength_below_one_fails_before_work_naming_both_inputs(tur
     status, body = turbo.post({"image": turbo.data_uri(turbo.png(64, 64)), "num_inference_steps": 1,
                                "prompt_strength": 0.5, "width": 64, "height": 64})
     assert status == 200 and body["status"] == "failed", body
-    assert "num_inference_steps x prompt_strength: 1 x 0.5" in body["error"]
+    assert "num_inference_steps, prompt_strength: prompt_strength 0.5 of 1 steps is int(1 x 0.5) = 0" in body["error"]
     assert "img2img mode" not in body["logs"]
 
 

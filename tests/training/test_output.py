@@ -111,8 +111,8 @@ def test_validation_images_are_the_predictors_images_of_the_tar(lora_result, sma
                     seed=validate.SEED, refine="no_refiner", high_noise_frac=0.8, refine_steps=None,
                     apply_watermark=False, lora_scale=validate.LORA_SCALE)
     base = [np.array(i) for i in generate(models, Settings(prompt="a photo of TOK", **settings))]
-    finetunes.apply(finetunes.read(tmp_path / "w", what="weights", source="tar"))
-    prompt = finetunes.prompt(small_config().caption_prefix)
+    finetunes.apply(finetunes.read(tmp_path / "w", input_name="weights", source="tar"))
+    prompt = finetunes.rewrite_prompt(small_config().caption_prefix)
     assert prompt == "a photo of <s0><s1>"
     tuned = [np.array(i) for i in generate(models, Settings(prompt=prompt, **settings), lora=True)]
     for ours, theirs, untrained in zip(images, tuned, base):
