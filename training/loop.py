@@ -104,7 +104,7 @@ def setup(cfg: TrainConfig, dataset_dir: Path, base_dir: Path | None = None, acc
     unet.to(device)
 
     tokens = PivotalTokens(tokenizers, text_encoders, cfg.token_string, cfg.num_new_tokens,
-                           generator=torch.Generator().manual_seed(cfg.seed))
+                           generator=torch.Generator(device).manual_seed(cfg.seed))
     unet.requires_grad_(False)
     if cfg.is_lora:
         from peft import LoraConfig
