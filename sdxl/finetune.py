@@ -14,11 +14,11 @@ import torch
 
 from . import lora_formats
 from .models import Models
-from .trained_weights import BaseShapes, TrainedWeights, read_weights
+from .trained_weights import BaseShapes, TrainedWeights, base_name, read_weights
 
 log = logging.getLogger(__name__)
 
-ADAPTER = "replicate_weights"
+from .acceleration import ADAPTER  # noqa: E402  (defined there: the compiled fast path loads it first)
 
 
 def substitute_tokens(prompt: str, token_map: dict[str, str]) -> str:
@@ -80,19 +80,46 @@ class FineTunes:
             self.unload()
             raise
         self.active = tw
+        if self.models.speed and not tw.has_lora:
+            self.models.speed.fuse(self.models)  # a full fine-tune: fused from its weights
         log.info("trained weights active: %s%s", tw.source, f" ({tw.lora_kind})" if tw.lora_kind else "")
+
+    def _hotswap(self) -> bool:
+        """Whether LoRAs go into the one existing adapter in place (the compiled fast path: no recompiling)."""
+        speed = self.models.speed
+        return bool(speed and speed.hotswap) and ADAPTER in (getattr(self.models.base.unet, "peft_config", None) or {})
+
+    def _unet_tensors(self) -> dict[str, torch.Tensor]:
+        """The base UNet's parameters and buffers by their plain names (without any adapter's layers)."""
+        unet = self.models.base.unet
+        tensors = {**dict(unet.named_parameters()), **dict(unet.named_buffers())}
+        return {base_name(k): v for k, v in tensors.items() if ".lora_" not in k}
+
+    def _into_unet(self, load) -> None:
+        """``load(hotswap)``: hot-swapped into the compiled adapter when it fits, else loaded anew."""
+        if not self._hotswap():
+            return load(False)
+        try:
+            load(True)
+        except (ValueError, RuntimeError) as e:
+            log.info("hot-swap refused: %s", e)
+            from .acceleration import leave_hotswap
+
+            leave_hotswap(self.models, self.models.speed)
+            load(False)
 
     def _load(self, tw: TrainedWeights) -> None:
         base = self.models.base
+        if self.models.speed:
+            self.models.speed.unfuse(self.models)  # trained weights change the separate projections
         if tw.lora is not None:
             dtype = base.unet.dtype  # a property that walks every parameter: read it once
             lora = {f"unet.{k}": v.to(dtype) for k, v in tw.lora.items()}
-            base.load_lora_weights(lora, adapter_name=ADAPTER)
+            self._into_unet(lambda hot: base.load_lora_weights(lora, adapter_name=ADAPTER, hotswap=hot))
         if tw.foreign_lora is not None:
             self._load_foreign_lora(tw)
         if tw.unet is not None:
-            params = dict(base.unet.named_parameters())
-            params.update(dict(base.unet.named_buffers()))
+            params = self._unet_tensors()
             with torch.no_grad():
                 for key, value in tw.unet.items():
                     self._unet_backup[key] = params[key].detach().to("cpu", copy=True)
@@ -112,8 +139,9 @@ class FineTunes:
         state = {k: v.to(dtype) if v.is_floating_point() and not k.endswith(".alpha") else v
                  for k, v in tw.foreign_lora.items()}
         state, alphas = type(base).lora_state_dict(state, unet_config=base.unet.config)
-        base.load_lora_into_unet(state, network_alphas=alphas, unet=base.unet, adapter_name=ADAPTER,
-                                 metadata=tw.lora_metadata, _pipeline=base)
+        self._into_unet(lambda hot: base.load_lora_into_unet(
+            state, network_alphas=alphas, unet=base.unet, adapter_name=ADAPTER, metadata=tw.lora_metadata,
+            _pipeline=base, hotswap=hot))
         for prefix, encoder in (("text_encoder", base.text_encoder), ("text_encoder_2", base.text_encoder_2)):
             base.load_lora_into_text_encoder(state, network_alphas=alphas, text_encoder=encoder, prefix=prefix,
                                              lora_scale=base.lora_scale, adapter_name=ADAPTER,
@@ -125,12 +153,16 @@ class FineTunes:
         if tw is None:
             return
         base = self.models.base
-        if any(ADAPTER in (getattr(m, "peft_config", None) or {})
-               for m in (base.unet, base.text_encoder, base.text_encoder_2)):
+        speed = self.models.speed
+        if speed:
+            speed.unfuse(self.models)
+        if speed and speed.hotswap:
+            self._park_lora()
+        elif any(ADAPTER in (getattr(m, "peft_config", None) or {})
+                 for m in (base.unet, base.text_encoder, base.text_encoder_2)):
             base.unload_lora_weights()
         if self._unet_backup:
-            params = dict(base.unet.named_parameters())
-            params.update(dict(base.unet.named_buffers()))
+            params = self._unet_tensors()
             with torch.no_grad():
                 for key, value in self._unet_backup.items():
                     params[key].copy_(value)
@@ -140,4 +172,20 @@ class FineTunes:
             present = [t for t in tokens if t in tokenizer.added_tokens_encoder]  # not get_vocab(): it copies 49k entries
             if present:
                 base.unload_textual_inversion(tokens=present, tokenizer=tokenizer, text_encoder=encoder)
+        if speed:
+            speed.fuse(self.models)
         log.info("trained weights unloaded: %s", tw.source)
+
+    def _park_lora(self) -> None:
+        """Back to the base model without changing the compiled UNet's structure: the UNet's adapter
+        stays, with its up-projections zeroed (a zero delta: the base output exactly); the next LoRA is
+        hot-swapped into it. Text-encoder adapters (not compiled) are removed."""
+        base = self.models.base
+        if ADAPTER in (getattr(base.unet, "peft_config", None) or {}):
+            with torch.no_grad():
+                for name, p in base.unet.named_parameters():
+                    if ".lora_B." in name:
+                        p.zero_()
+        for encoder in (base.text_encoder, base.text_encoder_2):
+            if ADAPTER in (getattr(encoder, "peft_config", None) or {}):
+                encoder.delete_adapter(ADAPTER)

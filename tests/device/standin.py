@@ -188,6 +188,16 @@ def _set_data(tensor, value) -> None:
     tensor.elem = value.elem
 
 
+def _cpu_data_to_cuda(tensor, value) -> None:
+    """``cpu_tensor.data = cuda_tensor``, which moves ``cpu_tensor`` to CUDA (diffusers does it): the
+    Python object becomes a stand-in tensor, by swapping it with one (a Parameter stays a Parameter)."""
+    replacement = CudaTensor(value.elem, requires_grad=tensor.requires_grad)
+    if isinstance(tensor, torch.nn.Parameter):
+        replacement._is_param = True
+    with torch._C.DisableTorchFunctionSubclass():
+        torch.utils.swap_tensors(tensor, replacement)
+
+
 class _Lift(torch.autograd.Function):
     """A CPU tensor that needs a gradient, onto the stand-in device (the gradient flows back)."""
 
@@ -264,8 +274,7 @@ class StandInCudaMode(TorchFunctionMode):
             return _MOVES[func](*args, **kwargs)
         if getattr(func, "__self__", None) is _TensorBase.data and func.__name__ == "__set__" \
                 and isinstance(args[1], CudaTensor) and not isinstance(args[0], CudaTensor):
-            raise NotImplementedError("stand-in CUDA device: a CPU tensor's .data cannot become a stand-in "
-                                      "CUDA tensor in place; replace the tensor instead")
+            return _cpu_data_to_cuda(*args)
         if any(issubclass(t, CudaTensor) for t in types):
             return CudaTensor.__torch_function__(func, types, args, kwargs)
         if _device_kwarg_is_cuda(kwargs):
