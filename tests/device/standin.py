@@ -343,6 +343,11 @@ def cuda_device():
             yield
 
 
+def active() -> bool:
+    """Whether the stand-in device is in use right now (not a real GPU)."""
+    return torch.Generator is CudaGenerator
+
+
 def on_cuda(t) -> bool:
     """Whether ``t`` is on the (real or stand-in) CUDA device."""
     return isinstance(t, torch.Tensor) and t.device.type == "cuda"

@@ -14,6 +14,7 @@ from helpers.reference_tars import reference_lora_tar, reference_unet_tar
 from PIL import Image
 
 import weights
+from device import standin
 from device.standin import cpu_numbers, cuda_device, on_cuda
 from sdxl import acceleration
 
@@ -50,7 +51,7 @@ def predictor_on_cuda(**env):
     from predict import Predictor
 
     with cuda_device(), mock.patch.dict("os.environ", env), contextlib.ExitStack() as stack:
-        if not torch.cuda.is_available.__module__.startswith("torch"):  # the stand-in
+        if standin.active():
             stack.enter_context(mock.patch.object(torch._dynamo.config, "disable", True))
         stack.enter_context(mock.patch.object(acceleration, "WARM_UP_SIZE", 64))
         p = Predictor()
