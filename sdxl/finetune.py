@@ -13,12 +13,11 @@ from pathlib import Path
 import torch
 
 from . import lora_formats
+from .acceleration import ADAPTER  # defined there: the compiled fast path loads it at setup
 from .models import Models
 from .trained_weights import BaseShapes, TrainedWeights, base_name, read_weights
 
 log = logging.getLogger(__name__)
-
-from .acceleration import ADAPTER  # noqa: E402  (defined there: the compiled fast path loads it first)
 
 
 def substitute_tokens(prompt: str, token_map: dict[str, str]) -> str:
