@@ -79,13 +79,18 @@ class FineTunes:
             self.unload()
             raise
         self.active = tw
-        if self.models.speed and not tw.has_lora:
-            self.models.speed.fuse(self.models)  # a full fine-tune: fused from its weights
+        if self._speed and not tw.has_lora:
+            self._speed.fuse(self.models)  # a full fine-tune: fused from its weights
         log.info("trained weights active: %s%s", tw.source, f" ({tw.lora_kind})" if tw.lora_kind else "")
+
+    @property
+    def _speed(self):
+        """The GPU fast path's state (sdxl.acceleration), when the models have one."""
+        return getattr(self.models, "speed", None)
 
     def _hotswap(self) -> bool:
         """Whether LoRAs go into the one existing adapter in place (the compiled fast path: no recompiling)."""
-        speed = self.models.speed
+        speed = self._speed
         return bool(speed and speed.hotswap) and ADAPTER in (getattr(self.models.base.unet, "peft_config", None) or {})
 
     def _unet_tensors(self) -> dict[str, torch.Tensor]:
@@ -104,13 +109,13 @@ class FineTunes:
             log.info("hot-swap refused: %s", e)
             from .acceleration import leave_hotswap
 
-            leave_hotswap(self.models, self.models.speed)
+            leave_hotswap(self.models, self._speed)
             load(False)
 
     def _load(self, tw: TrainedWeights) -> None:
         base = self.models.base
-        if self.models.speed:
-            self.models.speed.unfuse(self.models)  # trained weights change the separate projections
+        if self._speed:
+            self._speed.unfuse(self.models)  # trained weights change the separate projections
         if tw.lora is not None:
             dtype = base.unet.dtype  # a property that walks every parameter: read it once
             lora = {f"unet.{k}": v.to(dtype) for k, v in tw.lora.items()}
@@ -152,7 +157,7 @@ class FineTunes:
         if tw is None:
             return
         base = self.models.base
-        speed = self.models.speed
+        speed = self._speed
         if speed:
             speed.unfuse(self.models)
         if speed and speed.hotswap:

@@ -10,8 +10,9 @@ or cross-dtype operation fails as it would on a GPU.
   copy) raises PyTorch's own "Expected all tensors to be on the same device" error;
 - ``torch.Generator("cuda")`` is a generator that reports ``cuda``; drawing CUDA numbers with a CPU
   generator, or CPU numbers with a CUDA generator, raises as PyTorch does;
-- under ``torch.autocast("cuda", dtype)`` matrix products and convolutions run in ``dtype``, as the
-  CUDA autocast lists say.
+- cross-dtype operations fail as on any device (the CPU kernels check dtypes as the CUDA ones do). CUDA
+  autocast is not emulated: under ``torch.autocast("cuda")`` ops run in their inputs' dtypes, so code that
+  relies on autocast to mix dtypes fails here (the trainer casts explicitly, and passes).
 
 Why not FakeTensorMode or the ``meta`` device: both have no data, so a pipeline stops at its first
 data-dependent step (a scheduler's ``nonzero``, ``.item()``, an image's ``.numpy()``), and C++
@@ -37,14 +38,6 @@ _TensorBase = torch._C.TensorBase
 _RealGenerator = torch._C.Generator
 aten = torch.ops.aten
 
-# CUDA autocast's "lower precision" list, as these ops reach the dispatcher (matmul and linear
-# have been decomposed into mm/addmm/bmm by then; conv2d into convolution)
-_AUTOCAST_LOWER = {
-    aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default, aten.addbmm.default,
-    aten.mv.default, aten.addmv.default, aten.convolution.default, aten._convolution.default,
-    aten._scaled_dot_product_flash_attention_for_cpu.default,
-    aten._scaled_dot_product_attention_math.default,
-}
 # ops that legitimately take tensors from another device: a copy, and indices of indexing
 _CROSS_DEVICE_OK = {aten.copy_.default, aten._to_copy.default, aten._local_scalar_dense.default,
                     aten.lift_fresh.default, aten.set_.source_Tensor}
@@ -111,13 +104,6 @@ class CudaTensor(torch.Tensor):
         u_args, u_kwargs = tree_map(_unwrap, (args, kwargs))
         if "device" in u_kwargs:
             u_kwargs["device"] = torch.device("cpu")
-        if func in _AUTOCAST_LOWER and torch.is_autocast_enabled("cuda"):
-            low = torch.get_autocast_dtype("cuda")
-            u_args, u_kwargs = tree_map(
-                lambda t: t.to(low) if isinstance(t, torch.Tensor) and t.dtype in (torch.float32, torch.float16,
-                                                                                   torch.bfloat16) else t,
-                (u_args, u_kwargs),
-            )
         out = func(*u_args, **u_kwargs)
         return tree_map(lambda t: _rewrap(t, originals), out)
 
