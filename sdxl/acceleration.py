@@ -1,7 +1,7 @@
 """The GPU fast path: what diffusers recommends for SDXL on CUDA, on by default there, plus opt-ins.
 
 On CUDA, by default: SDPA attention (diffusers' AttnProcessor2_0: flash / memory-efficient kernels),
-TF32 for fp32 matmuls and convolutions, channels_last UNets and VAE, and fused QKV projections in
+TF32 for fp32 matmuls and convolutions, cuDNN autotuning, channels_last UNets and VAE, and fused QKV projections in
 the UNets while no trained weights are applied (a LoRA wraps the separate to_q/to_k/to_v layers, and
 a full fine-tune changes them, so they are unfused first and fused again after unloading).
 
@@ -93,6 +93,7 @@ def accelerate(models, *, compile: bool | None = None, offload: bool | None = No
     speed.offload = offload_requested(models.device) if offload is None else offload
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True  # the convolution algorithm picked per shape, once (requests repeat sizes)
     for module in (*speed.unets(models), models.base.vae):
         module.to(memory_format=torch.channels_last)
     if speed.offload:
