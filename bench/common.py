@@ -256,6 +256,8 @@ def make_predictor(size: str, device: str, compile: bool = False):
 
     if device == "cuda":
         assert torch.cuda.is_available(), "--device cuda: no GPU visible"
+        # the product's own fast path (sdxl/acceleration.py) tunes the shared modules; --compile is its opt-in
+        os.environ["SDXL_COMPILE"] = "1" if compile else "0"
     else:
         force_dtype(torch.float32 if size == "tiny" else torch.float16)
     from predict import Predictor
@@ -266,46 +268,13 @@ def make_predictor(size: str, device: str, compile: bool = False):
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # "No LoRA keys associated to CLIPTextModel ..." on every LoRA load
-    if device == "cuda":
-        tune_for_gpu(p.models, compile=compile)
-    elif size == "full":
+    if size == "full" and device != "cuda":
         m = p.models
         for module in (m.base.unet, m.base.vae, m.base.text_encoder, m.base.text_encoder_2, m.refiner.unet,
                        m.safety.model):
             module.to(dtype=torch.bfloat16)
         m.dtype = m.safety.dtype = torch.bfloat16
     return p
-
-
-def tune_for_gpu(models, *, compile: bool = False, fuse_qkv: bool = True) -> None:
-    """What a GPU wants: fp16 weights (the predictor already loads fp16 on CUDA), SDPA attention (flash /
-    memory-efficient kernels), channels_last UNets and VAE, fused QKV projections (not with a LoRA: peft wraps
-    to_q/to_k/to_v separately), TF32 matmuls, and optionally torch.compile of the UNets and the VAE decoder.
-    Everything is applied to the shared modules, so ours and the baseline pipelines get the same tuning."""
-    import torch
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
-    base, refiner = models.base, models.refiner
-    for unet in (base.unet, refiner.unet):
-        unet.set_attn_processor(AttnProcessor2_0())
-        unet.to(memory_format=torch.channels_last)
-    base.vae.set_attn_processor(AttnProcessor2_0())
-    base.vae.to(memory_format=torch.channels_last)
-    if fuse_qkv:
-        for unet in (base.unet, refiner.unet):
-            unet.fuse_qkv_projections()
-        base.vae.fuse_qkv_projections()
-    if compile:
-        compiled = {}
-        for pipe in (base, models.img2img, models.inpaint, refiner):  # base/img2img/inpaint share one UNet
-            key = id(pipe.unet)
-            if key not in compiled:
-                compiled[key] = torch.compile(pipe.unet, mode="max-autotune", fullgraph=True)
-            pipe.unet = compiled[key]
-        base.vae.decode = torch.compile(base.vae.decode, mode="max-autotune", fullgraph=True)
 
 
 def rss_guard(limit_bytes: float | None = None) -> None:

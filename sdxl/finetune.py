@@ -8,7 +8,6 @@ model. Unloading restores the base weights bitwise.
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import torch
@@ -16,19 +15,17 @@ import torch
 from weights.cache import WeightsCache
 from weights.sources import local_weights
 
+from .acceleration import ADAPTER  # defined there: the compiled fast path loads it at setup
 from .models import Models
-from .trained_weights import BaseShapes, TrainedWeights, read_weights
+from .trained_weights import BaseShapes, TrainedWeights, base_name, read_weights
+from .trigger import substitute
 
 log = logging.getLogger(__name__)
-
-ADAPTER = "replicate_weights"
 
 
 def substitute_tokens(prompt: str, token_map: dict[str, str]) -> str:
     """Replace each trigger word (e.g. TOK) with its tokens, by the trainer's rule (``sdxl.trigger``:
     whole words, exact spelling: "TOKYO" stays)."""
-    from .trigger import substitute
-
     for word, tokens in token_map.items():
         prompt = substitute(prompt, word, tokens)
     return prompt
@@ -83,19 +80,51 @@ class FineTunes:
             self.unload()
             raise
         self.active = tw
+        if self._speed and not tw.has_lora:
+            self._speed.fuse(self.models)  # a full fine-tune: fused from its weights
         log.info("trained weights active: %s%s", tw.source, f" ({tw.lora_kind})" if tw.lora_kind else "")
+
+    @property
+    def _speed(self):
+        """The GPU fast path's state (sdxl.acceleration), when the models have one."""
+        return getattr(self.models, "speed", None)
+
+    def _hotswap(self) -> bool:
+        """Whether LoRAs go into the one existing adapter in place (the compiled fast path: no recompiling)."""
+        speed = self._speed
+        return bool(speed and speed.hotswap) and ADAPTER in (getattr(self.models.base.unet, "peft_config", None) or {})
+
+    def _unet_tensors(self) -> dict[str, torch.Tensor]:
+        """The base UNet's parameters and buffers by their plain names (without any adapter's layers)."""
+        unet = self.models.base.unet
+        tensors = {**dict(unet.named_parameters()), **dict(unet.named_buffers())}
+        return {base_name(k): v for k, v in tensors.items() if ".lora_" not in k}
+
+    def _into_unet(self, load) -> None:
+        """``load(hotswap)``: hot-swapped into the compiled adapter when it fits, else loaded anew."""
+        if not self._hotswap():
+            return load(False)
+        try:
+            load(True)
+        except (ValueError, RuntimeError) as e:
+            log.info("hot-swap refused: %s", e)
+            from .acceleration import leave_hotswap
+
+            leave_hotswap(self.models, self._speed)
+            load(False)
 
     def _load(self, tw: TrainedWeights) -> None:
         base = self.models.base
+        if self._speed:
+            self._speed.unfuse(self.models)  # trained weights change the separate projections
         if tw.lora is not None:
             dtype = base.unet.dtype  # a property that walks every parameter: read it once
             lora = {f"unet.{k}": v.to(dtype) for k, v in tw.lora.items()}
-            base.load_lora_weights(lora, adapter_name=ADAPTER)
+            self._into_unet(lambda hot: base.load_lora_weights(lora, adapter_name=ADAPTER, hotswap=hot))
         if tw.foreign_lora is not None:
             self._load_foreign_lora(tw)
         if tw.unet is not None:
-            params = dict(base.unet.named_parameters())
-            params.update(dict(base.unet.named_buffers()))
+            params = self._unet_tensors()
             with torch.no_grad():
                 for key, value in tw.unet.items():
                     self._unet_backup[key] = params[key].detach().to("cpu", copy=True)
@@ -115,8 +144,9 @@ class FineTunes:
         state = {k: v.to(dtype) if v.is_floating_point() and not k.endswith(".alpha") else v
                  for k, v in tw.foreign_lora.items()}
         state, alphas = type(base).lora_state_dict(state, unet_config=base.unet.config)
-        base.load_lora_into_unet(state, network_alphas=alphas, unet=base.unet, adapter_name=ADAPTER,
-                                 metadata=tw.lora_metadata, _pipeline=base)
+        self._into_unet(lambda hot: base.load_lora_into_unet(
+            state, network_alphas=alphas, unet=base.unet, adapter_name=ADAPTER, metadata=tw.lora_metadata,
+            _pipeline=base, hotswap=hot))
         for prefix, encoder in (("text_encoder", base.text_encoder), ("text_encoder_2", base.text_encoder_2)):
             base.load_lora_into_text_encoder(state, network_alphas=alphas, text_encoder=encoder, prefix=prefix,
                                              lora_scale=base.lora_scale, adapter_name=ADAPTER,
@@ -128,12 +158,16 @@ class FineTunes:
         if tw is None:
             return
         base = self.models.base
-        if any(ADAPTER in (getattr(m, "peft_config", None) or {})
-               for m in (base.unet, base.text_encoder, base.text_encoder_2)):
+        speed = self._speed
+        if speed:
+            speed.unfuse(self.models)
+        if speed and speed.hotswap:
+            self._park_lora()
+        elif any(ADAPTER in (getattr(m, "peft_config", None) or {})
+                 for m in (base.unet, base.text_encoder, base.text_encoder_2)):
             base.unload_lora_weights()
         if self._unet_backup:
-            params = dict(base.unet.named_parameters())
-            params.update(dict(base.unet.named_buffers()))
+            params = self._unet_tensors()
             with torch.no_grad():
                 for key, value in self._unet_backup.items():
                     params[key].copy_(value)
@@ -143,4 +177,20 @@ class FineTunes:
             present = [t for t in tokens if t in tokenizer.added_tokens_encoder]  # not get_vocab(): it copies 49k entries
             if present:
                 base.unload_textual_inversion(tokens=present, tokenizer=tokenizer, text_encoder=encoder)
+        if speed:
+            speed.fuse(self.models)
         log.info("trained weights unloaded: %s", tw.source)
+
+    def _park_lora(self) -> None:
+        """Back to the base model without changing the compiled UNet's structure: the UNet's adapter
+        stays, with its up-projections zeroed (a zero delta: the base output exactly); the next LoRA is
+        hot-swapped into it. Text-encoder adapters (not compiled) are removed."""
+        base = self.models.base
+        if ADAPTER in (getattr(base.unet, "peft_config", None) or {}):
+            with torch.no_grad():
+                for name, p in base.unet.named_parameters():
+                    if ".lora_B." in name:
+                        p.zero_()
+        for encoder in (base.text_encoder, base.text_encoder_2):
+            if ADAPTER in (getattr(encoder, "peft_config", None) or {}):
+                encoder.delete_adapter(ADAPTER)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from .acceleration import prepare_decode
 from .models import Models
 from .schedulers import make_scheduler
 
@@ -77,6 +78,7 @@ def generate(
     if lora:
         kwargs["cross_attention_kwargs"] = {"scale": s.lora_scale}
 
+    prepare_decode(models, *(image.size if image is not None else (s.width, s.height)))
     pipe.scheduler = make_scheduler(s.scheduler, models.scheduler_config)
     pipe.watermark = None if refining or not s.apply_watermark else watermarker
     generator = torch.Generator(models.device).manual_seed(s.seed)

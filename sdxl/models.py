@@ -21,6 +21,7 @@ from diffusers import (
 
 import weights
 
+from . import acceleration
 from .safety import SafetyChecker
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Models:
     # the configs the weights shipped with; every request's scheduler is built from these
     scheduler_config: dict
     refiner_scheduler_config: dict
+    speed: acceleration.Acceleration | None = None  # the GPU fast path (acceleration.py)
 
 
 def load_base(directory: Path, device: str, dtype: torch.dtype) -> StableDiffusionXLPipeline:
@@ -85,7 +87,7 @@ def load_all(device: str | None = None, dtype: torch.dtype | None = None) -> Mod
     if device is None or dtype is None:
         device, dtype = pick_device()
     start = time.monotonic()
-    base = load_base(weights.resolve("sdxl-base"), device, dtype)
+    base = load_base(weights.resolve("sdxl-base"), acceleration.load_device(device), dtype)
     refiner = load_refiner(weights.resolve("sdxl-refiner"), base)
     safety = SafetyChecker(weights.resolve("safety-checker"), device, dtype)
     models = Models(
@@ -102,5 +104,6 @@ def load_all(device: str | None = None, dtype: torch.dtype | None = None) -> Mod
     )
     for pipe in (models.base, models.img2img, models.inpaint, models.refiner):
         pipe.set_progress_bar_config(disable=True)
+    models.speed = acceleration.accelerate(models)
     log.info("models loaded on %s (%s) in %.1fs", device, dtype, time.monotonic() - start)
     return models

@@ -86,10 +86,11 @@ class BaseShapes:
         unet = models.base.unet
         encoders = (models.base.text_encoder, models.base.text_encoder_2)
         return cls(
-            unet={k: v.shape for k, v in unet.state_dict().items()},
+            unet={base_name(k): v.shape for k, v in unet.state_dict().items() if ".lora_" not in k},
             linear=_linears(unet),
             embedding_dims=tuple(e.get_input_embeddings().embedding_dim for e in encoders),
-            conv={n: (m.in_channels, m.out_channels) for n, m in unet.named_modules() if isinstance(m, torch.nn.Conv2d)},
+            conv={base_name(n): (m.in_channels, m.out_channels) for n, m in unet.named_modules()
+                  if isinstance(m, torch.nn.Conv2d) and ".lora_" not in n},
             text_linear=tuple(_linears(e) for e in encoders),
             unet_config=dict(unet.config),
         )
@@ -100,8 +101,15 @@ class BaseShapes:
         return next((f[0] for n, f in self.linear.items() if n.endswith("attn2.to_k")), None)
 
 
+def base_name(name: str) -> str:
+    """The layer's name in the plain model (the compiled fast path loads an adapter at setup: peft
+    moves each adapted layer to ``<name>.base_layer``)."""
+    return name.replace(".base_layer", "")
+
+
 def _linears(module: torch.nn.Module) -> dict[str, tuple[int, int]]:
-    return {n: (m.in_features, m.out_features) for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
+    return {base_name(n): (m.in_features, m.out_features) for n, m in module.named_modules()
+            if isinstance(m, torch.nn.Linear) and ".lora_" not in n}
 
 
 ACCEPTED = ("expected a tar of trained weights, a .safetensors SDXL LoRA (diffusers/peft or kohya format) "

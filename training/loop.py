@@ -113,7 +113,7 @@ def setup(cfg: TrainConfig, dataset_dir: Path, base_dir: Path | None = None, acc
         base_dir = weights.resolve("sdxl-base")
     accelerator = accelerator or make_accelerator()
     device = accelerator.device
-    frozen_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+    frozen_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
     set_seed(cfg.seed)
 
     # The text encoders stay fp32 everywhere: their new embedding rows train in fp32, and a bf16
@@ -134,7 +134,7 @@ def setup(cfg: TrainConfig, dataset_dir: Path, base_dir: Path | None = None, acc
     unet.to(device)
 
     tokens = PivotalTokens(tokenizers, text_encoders, cfg.token_string, cfg.num_new_tokens,
-                           generator=torch.Generator().manual_seed(cfg.seed))
+                           generator=torch.Generator(device).manual_seed(cfg.seed))
     unet.requires_grad_(False)
     if cfg.is_lora:
         from peft import LoraConfig

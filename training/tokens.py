@@ -23,6 +23,7 @@ class PivotalTokens:
 
     def __init__(self, tokenizers, text_encoders, token_string: str, n_tokens: int = 2,
                  generator: torch.Generator | None = None):
+        """``generator``: on the text encoders' device (the new rows are drawn there)."""
         self.token_string = token_string
         self.names = new_token_names(n_tokens)
         self.tokenizers, self.text_encoders = list(tokenizers), list(text_encoders)
@@ -40,8 +41,10 @@ class PivotalTokens:
             weight = embedding.weight
             with torch.no_grad():  # the reference's init: random rows with the vocabulary's spread
                 std = weight[: ids[0]].std()
-                rows = torch.randn(len(ids), weight.shape[1], generator=generator) * std
-                weight[ids] = rows.to(weight.device)
+                # drawn where the rows live, with a generator on that device (on the CPU: the same draws as ever)
+                rows = torch.randn(len(ids), weight.shape[1], generator=generator, device=weight.device,
+                                   dtype=weight.dtype) * std
+                weight[ids] = rows
             frozen = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
             frozen[ids] = False
             self.ids.append(ids)
