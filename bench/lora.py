@@ -9,6 +9,7 @@ The baseline loads the same extracted files with diffusers' documented calls, no
 
 from __future__ import annotations
 
+import os
 import sys
 import tarfile
 import tempfile
@@ -65,6 +66,7 @@ def run(p, size: str, device: str, quick: bool) -> list[Row]:
     from .predict_overhead import REQUEST
 
     work = Path(tempfile.mkdtemp(prefix="bench-lora-"))
+    os.environ["SDXL_LOCAL_WEIGHTS_DIR"] = str(work)  # the operator's opt-in for the tars named by path
     make_tar = _reference_lora_tar()
     unet = p.models.base.unet
     dims = p.finetunes.shapes.embedding_dims
