@@ -214,6 +214,11 @@ class _Drop(torch.autograd.Function):
 
 def _to(self, *args, **kwargs):
     """``Tensor.to`` to or from the stand-in device, with its semantics (``self`` when nothing changes)."""
+    if args and isinstance(args[0], torch.Tensor):  # .to(other[, non_blocking, copy]): other's device and dtype
+        other, rest = args[0], args[1:]
+        kwargs = {"device": "cuda" if isinstance(other, CudaTensor) else other.device, "dtype": other.dtype,
+                  **dict(zip(("non_blocking", "copy"), rest)), **kwargs}
+        args = ()
     copy = kwargs.pop("copy", False)
     device, dtype, non_blocking, memory_format = torch._C._nn._parse_to(*args, **kwargs)
     options = dict(dtype=dtype, non_blocking=non_blocking, copy=copy)

@@ -51,3 +51,13 @@ def test_numbers_and_gradients_are_the_cpu_ones(standin):
     (x_cpu @ w_ref).relu().sum().backward()
     assert torch.equal(cpu_numbers(w.grad), w_ref.grad) and w.grad.device.type == "cuda"
     assert y.cpu().item() == (x_cpu @ w_cpu).relu().sum().item()
+
+
+def test_to_another_tensor_takes_its_device_and_dtype(standin):
+    """``t.to(other)`` (transformers' Adafactor builds its state this way) lands where ``other`` is."""
+    other = torch.randn(3, device="cuda", dtype=torch.float16)
+    moved = torch.zeros(3).to(other)
+    assert moved.device.type == "cuda" and moved.dtype == torch.float16
+    moved.add_(other)  # no cross-device error: both are on the stand-in device
+    back = other.to(torch.zeros(2))
+    assert back.device.type == "cpu" and back.dtype == torch.float32
