@@ -17,10 +17,10 @@ from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLW
 
 from weights.sets import REPO_ROOT
 from sdxl.checks import check_request
-from sdxl.finetune import FineTunes
 from sdxl.generate import Settings, generate
 from sdxl.images import load_image, save_images
 from sdxl.models import load_all
+from sdxl.openvino_backend import make_finetunes
 from weights.cache import WeightsCache
 
 SCHEDULER_NAMES = ["DDIM", "DPMSolverMultistep", "HeunDiscrete", "KarrasDPM", "K_EULER_ANCESTRAL", "K_EULER", "PNDM"]
@@ -35,7 +35,7 @@ class Predictor(BaseRunner):
         """Load base, refiner and safety checker once; ``weights`` (COG_WEIGHTS) is a trained tar to apply."""
         logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s", force=True)
         self.models = load_all()
-        self.finetunes = FineTunes(self.models)
+        self.finetunes = make_finetunes(self.models)  # sdxl.finetune.FineTunes (its OpenVINO variant on OV)
         self.watermarker = StableDiffusionXLWatermarker()
         cache_root = os.environ.get("SDXL_LORA_CACHE", str(REPO_ROOT / "weights-cache" / "trained"))
         self.cache = WeightsCache(LocalPath(cache_root))
