@@ -181,11 +181,12 @@ def converted(weights_dir: Path, component: str, kind: str, precision: str, expo
 
     root.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    model = export()
-    if precision == "int8":
+    if precision == "int8":  # compressed from the fp32 IR (converted first if needed): no second trace
         import nncf
 
-        model = nncf.compress_weights(model)  # INT8_ASYM, per output channel
+        model = nncf.compress_weights(_core().read_model(converted(weights_dir, component, kind, "fp32", export)))
+    else:
+        model = export()
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:
         ov.save_model(model, tmp / "model.xml", compress_to_fp16=False)
@@ -202,12 +203,20 @@ def converted(weights_dir: Path, component: str, kind: str, precision: str, expo
     return dest / "model.xml"
 
 
+def _convert(module: nn.Module, example: tuple):
+    """TorchScript-trace ``module`` and convert the trace (2-3x faster than convert_model on the module,
+    which also checks the trace); OpenVINO makes every input dimension dynamic."""
+    import openvino as ov
+
+    traced = torch.jit.trace(module, example, strict=False, check_trace=False)
+    return ov.convert_model(traced, example_input=example)
+
+
 def _variant(directory: Path) -> str | None:
     return "fp16" if any(directory.glob("*.fp16.safetensors")) else None
 
 
 def _export_unet(directory: Path, time_ids: int):
-    import openvino as ov
     from diffusers import UNet2DConditionModel
 
     def export():
@@ -221,14 +230,12 @@ def _export_unet(directory: Path, time_ids: int):
         example = (torch.randn(2, cfg.in_channels, h, h), torch.tensor([500.0, 500.0]),
                    torch.randn(2, 77, cfg.cross_attention_dim), torch.randn(2, text), torch.randn(2, time_ids))
         with torch.no_grad():
-            return ov.convert_model(_UNetExport(_cast_in_graph(unet)), example_input=example)
+            return _convert(_UNetExport(_cast_in_graph(unet)), example)
 
     return export
 
 
 def _export_text(directory: Path, component: str, cls):
-    import openvino as ov
-
     def export():
         encoder = cls.from_pretrained(directory, subfolder=component, variant=_variant(directory / component),
                                       use_safetensors=True, dtype=torch.float16)
@@ -236,13 +243,12 @@ def _export_text(directory: Path, component: str, cls):
         ids = torch.zeros(2, 77, dtype=torch.long)
         ids[:, 5] = encoder.config.eos_token_id
         with torch.no_grad():
-            return ov.convert_model(_TextExport(_cast_in_graph(encoder)), example_input=(ids, torch.randn(2, 77, dim)))
+            return _convert(_TextExport(_cast_in_graph(encoder)), (ids, torch.randn(2, 77, dim)))
 
     return export
 
 
 def _export_vae(directory: Path, part: str):
-    import openvino as ov
     from diffusers import AutoencoderKL
 
     def export():
@@ -251,7 +257,7 @@ def _export_vae(directory: Path, part: str):
         module = (_VaeDecode if part == "decoder" else _VaeEncode)(_cast_in_graph(vae))
         example = torch.randn(1, vae.config.latent_channels, 9, 9) if part == "decoder" else torch.randn(1, 3, 72, 72)
         with torch.no_grad():
-            return ov.convert_model(module, example_input=example)
+            return _convert(module, (example,))
 
     return export
 
@@ -259,16 +265,20 @@ def _export_vae(directory: Path, part: str):
 _CORE = None
 
 
+def _core():
+    global _CORE
+    if _CORE is None:
+        import openvino as ov
+
+        _CORE = ov.Core()
+    return _CORE
+
+
 def compile_ir(xml: Path):
     """Compile for the CPU in f32 (no bf16/f16 downcast), latency-oriented, with torch's thread count."""
-    global _CORE
-    import openvino as ov
-
-    if _CORE is None:
-        _CORE = ov.Core()
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_NUM_THREADS": torch.get_num_threads()}
-    return _CORE.compile_model(str(xml), "CPU", config)
+    return _core().compile_model(str(xml), "CPU", config)
 
 
 # ---------------------------------------------------------------- the modules the pipelines see
