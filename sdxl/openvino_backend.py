@@ -277,7 +277,7 @@ def _core():
 def compile_ir(xml: Path):
     """Compile for the CPU in f32 (no bf16/f16 downcast), latency-oriented, with torch's thread count."""
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+              "INFERENCE_NUM_THREADS": torch.get_num_threads(), "ENABLE_CPU_PINNING": False}
     return _core().compile_model(str(xml), "CPU", config)
 
 
