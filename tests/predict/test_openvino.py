@@ -173,3 +173,22 @@ def test_unknown_backend_is_refused_with_the_accepted_values(monkeypatch):
     monkeypatch.setenv("SDXL_OPENVINO_UNET", "int4")
     with pytest.raises(ValueError, match="int8, fp32"):
         unet_precision()
+
+
+def test_kohya_lora_with_text_encoder_layers_matches_the_torch_predictor(predictor, ov_predictor, ov_run, run,
+                                                                         tmp_path):
+    """A foreign LoRA that also changes the text encoders: the torch text encoders are swapped in for it."""
+    from interop.lora_files import kohya_civitai
+
+    from sdxl.openvino_backend import OVTextEncoder
+
+    lora = kohya_civitai(tmp_path / "style.safetensors", predictor.models.base)
+    base = ov_run(**PLAIN)[0]
+    kw = dict(replicate_weights=str(lora), lora_scale=0.7, **PLAIN)
+    tuned = ov_run(**kw)
+    assert not isinstance(ov_predictor.models.base.text_encoder, OVTextEncoder)
+    assert np.abs(tuned[0].astype(int) - base.astype(int)).mean() > 1.0
+    _close(tuned, run(**kw))
+    np.testing.assert_array_equal(ov_run(**PLAIN)[0], base)
+    assert isinstance(ov_predictor.models.base.text_encoder, OVTextEncoder)
+    run(**PLAIN)
