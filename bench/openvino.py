@@ -34,7 +34,7 @@ from pathlib import Path
 from . import common
 from .common import GB, Row
 
-SIDES = ("torch", "int8", "fp32")
+SIDES = ("torch", "int8", "fp32", "int8-bf16")
 # the issue's targets (ratios against torch fp32 in the same run)
 TARGET_STEP, TARGET_E2E, TARGET_CONVERT_RSS, TARGET_COLD = 0.5, 0.6, 0.6, 1.3
 # optimum-intel's exporter on this box (issue 14): passed 12 GB RSS on the full-size base UNet and was stopped
@@ -53,7 +53,9 @@ def cases(size: str) -> list[tuple[str, dict]]:
 def env_for(side: str) -> dict:
     if side == "torch":
         return {"SDXL_BACKEND": "torch"}
-    return {"SDXL_BACKEND": "openvino", "SDXL_OPENVINO_UNET": side}
+    if side == "int8-bf16":  # OpenVINO's default inference precision on AMX / avx512_bf16 CPUs
+        return {"SDXL_BACKEND": "openvino", "SDXL_OPENVINO_UNET": "int8", "SDXL_OPENVINO_INFERENCE": "bf16"}
+    return {"SDXL_BACKEND": "openvino", "SDXL_OPENVINO_UNET": side, "SDXL_OPENVINO_INFERENCE": "f32"}
 
 
 # ---------------------------------------------------------------- children
@@ -152,7 +154,7 @@ def child_side(side: str, size: str, quick: bool, outputs: Path, e2e: bool, setu
 
             unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", variant="fp16", dtype=torch.float32)
         else:
-            unet = openvino_backend._ov_unet(base, side, time_ids=6)
+            unet = openvino_backend._ov_unet(base, side.split("-")[0], time_ids=6)
     sample, t, hidden, cond = unet_inputs(unet, 256)
     with torch.no_grad():
         call = lambda: unet(sample, t, encoder_hidden_states=hidden, added_cond_kwargs=cond, return_dict=False)[0]
@@ -272,7 +274,7 @@ def run(size: str, quick: bool) -> list[Row]:
         notes = []
         for side in SIDES:
             args = ["--child", side, "--size", size, "--outputs", str(outputs)] + (["--quick"] if quick else [])
-            if size == "full" and side == "fp32":
+            if side == "int8-bf16" or size == "full" and side == "fp32":
                 args.append("--no-e2e")
             if size == "full" and side == "torch" and common.free_ram() < 16 * GB:
                 # torch fp32 end to end needs ~14 GB (UNet 10.3 + text encoders 2.8 + VAE): the UNet alone, and
@@ -290,7 +292,7 @@ def run(size: str, quick: bool) -> list[Row]:
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         torch_ = got["torch"]
-        for side in ("int8", "fp32"):
+        for side in ("int8", "fp32", "int8-bf16"):
             g = got[side]
             rows.append(Row(area, f"UNet step {side} vs torch fp32 (batch 2, 256x256)", g["step"], torch_["step"],
                             TARGET_STEP if side == "int8" else None,

@@ -57,6 +57,15 @@ def backend() -> str:
     return name
 
 
+def inference_precision() -> str:
+    """``SDXL_OPENVINO_INFERENCE``: ``f32`` (default: computes as torch fp32 does) or ``bf16`` (OpenVINO's own
+    default on CPUs with AMX / avx512_bf16: faster there, images further from diffusers')."""
+    p = os.environ.get("SDXL_OPENVINO_INFERENCE", "").strip().lower() or "f32"
+    if p not in ("f32", "bf16"):
+        raise ValueError(f"SDXL_OPENVINO_INFERENCE={p!r}: expected one of f32, bf16")
+    return p
+
+
 def unet_precision() -> str:
     """``SDXL_OPENVINO_UNET``: ``int8`` (default, nncf weight compression) or ``fp32``."""
     p = os.environ.get("SDXL_OPENVINO_UNET", "").strip().lower() or "int8"
@@ -274,9 +283,10 @@ def _core():
     return _CORE
 
 
-def compile_ir(xml: Path):
-    """Compile for the CPU in f32 (no bf16/f16 downcast), latency-oriented, with torch's thread count."""
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+def compile_ir(xml: Path, precision: str = "f32"):
+    """Compile for the CPU, latency-oriented, with torch's thread count and no thread pinning (the process runs
+    torch too). ``precision`` f32: no bf16/f16 downcast, as torch fp32 computes (UNets: SDXL_OPENVINO_INFERENCE)."""
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_NUM_THREADS": torch.get_num_threads(), "ENABLE_CPU_PINNING": False}
     return _core().compile_model(str(xml), "CPU", config)
 
@@ -486,7 +496,7 @@ def _ov_unet(directory: Path, precision: str, time_ids: int) -> OVUNet:
     from diffusers import UNet2DConditionModel
 
     xml = converted(directory, "unet", "unet", precision, _export_unet(directory, time_ids))
-    return OVUNet(compile_ir(xml), _meta(UNet2DConditionModel, directory, "unet"))
+    return OVUNet(compile_ir(xml, inference_precision()), _meta(UNet2DConditionModel, directory, "unet"))
 
 
 def load_pipelines(base_dir: Path, refiner_dir: Path):

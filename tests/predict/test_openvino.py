@@ -165,7 +165,7 @@ def test_int8_unet_is_close_to_fp32(ov_predictor):
 
 
 def test_unknown_backend_is_refused_with_the_accepted_values(monkeypatch):
-    from sdxl.openvino_backend import backend, unet_precision
+    from sdxl.openvino_backend import backend, inference_precision, unet_precision
 
     monkeypatch.setenv("SDXL_BACKEND", "tensorrt")
     with pytest.raises(ValueError, match="SDXL_BACKEND='tensorrt'.*torch, openvino"):
@@ -173,6 +173,9 @@ def test_unknown_backend_is_refused_with_the_accepted_values(monkeypatch):
     monkeypatch.setenv("SDXL_OPENVINO_UNET", "int4")
     with pytest.raises(ValueError, match="int8, fp32"):
         unet_precision()
+    monkeypatch.setenv("SDXL_OPENVINO_INFERENCE", "f16")
+    with pytest.raises(ValueError, match="f32, bf16"):
+        inference_precision()
 
 
 def test_kohya_lora_with_text_encoder_layers_matches_the_torch_predictor(predictor, ov_predictor, ov_run, run,
