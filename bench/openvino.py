@@ -140,8 +140,12 @@ def child_side(side: str, size: str, quick: bool, outputs: Path, e2e: bool, setu
         p = predict.Predictor()
         p.setup()
         out.update(setup=time.perf_counter() - start, setup_rss=common.peak_rss(), dropped=dropped)
-        if setup_only:
-            out["peak_rss"] = common.peak_rss()
+        if setup_only:  # fp16 files loaded as fp16 may stay mmap'd, unread: touch every tensor (as cold_start.py)
+            from .cold_start import touch
+
+            m = p.models
+            touch([m.base.unet, m.base.vae, m.base.text_encoder, m.base.text_encoder_2, m.refiner.unet])
+            out.update(setup=time.perf_counter() - start, peak_rss=common.peak_rss(), setup_rss=common.peak_rss())
             return out
         logging.getLogger().setLevel(logging.WARNING)
         unet = p.models.base.unet
