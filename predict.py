@@ -16,10 +16,10 @@ from cog import BaseRunner, Input, Path
 from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLWatermarker
 
 from sdxl.checks import check_request
-from sdxl.finetune import FineTunes
 from sdxl.generate import Settings, generate
 from sdxl.images import load_image, save_images
 from sdxl.models import load_all
+from sdxl.openvino_backend import make_finetunes
 from weights.cache import WeightsCache
 
 # The choices are the engine's tables (sdxl.schedulers.SCHEDULERS, sdxl.generate.REFINE_MODES,
@@ -38,7 +38,7 @@ class Predictor(BaseRunner):
         """Load base, refiner and safety checker once; ``weights`` (COG_WEIGHTS) is a trained tar to apply."""
         logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s", force=True)
         self.models = load_all()
-        self.finetunes = FineTunes(self.models)
+        self.finetunes = make_finetunes(self.models)  # sdxl.finetune.FineTunes (its OpenVINO variant on OV)
         self.watermarker = StableDiffusionXLWatermarker()
         self.cache = WeightsCache.from_env()
         self.default_weights = None if weights is None or str(weights) in ("", "weights") else str(weights)

@@ -33,6 +33,9 @@ PARTS = {
     "cold:full": ("bench.cold_start", ["--size", "full"]),
     "predict:full": ("bench.predict_overhead", ["--size", "full", "--lora"]),  # with lora:full
     "train:full": ("bench.training", ["--size", "full"]),
+    # the OpenVINO CPU backend against torch fp32 (bench/openvino.py); only on request
+    "openvino:tiny": ("bench.openvino", ["--size", "tiny"]),
+    "openvino:full": ("bench.openvino", ["--size", "full"]),
     # only on request (already inside predict:*)
     "lora:tiny": ("bench.lora", ["--size", "tiny"]),
     "lora:full": ("bench.lora", ["--size", "full"]),

@@ -52,6 +52,7 @@ class Models:
     scheduler_config: dict
     refiner_scheduler_config: dict
     speed: acceleration.Acceleration | None = None  # the GPU fast path (acceleration.py)
+    openvino: object | None = None  # SDXL_BACKEND=openvino: sdxl.openvino_backend.OpenVINOComponents
 
 
 def load_base(directory: Path, device: str, dtype: torch.dtype) -> StableDiffusionXLPipeline:
@@ -87,8 +88,14 @@ def load_all(device: str | None = None, dtype: torch.dtype | None = None) -> Mod
     if device is None or dtype is None:
         device, dtype = pick_device()
     start = time.monotonic()
-    base = load_base(weights.resolve("sdxl-base"), acceleration.load_device(device), dtype)
-    refiner = load_refiner(weights.resolve("sdxl-refiner"), base)
+    from . import openvino_backend
+
+    if openvino_backend.backend() == "openvino":  # OpenVINO UNets, VAE and text encoders on the CPU
+        device, dtype = "cpu", torch.float32
+        base, refiner = openvino_backend.load_pipelines(weights.resolve("sdxl-base"), weights.resolve("sdxl-refiner"))
+    else:
+        base = load_base(weights.resolve("sdxl-base"), acceleration.load_device(device), dtype)
+        refiner = load_refiner(weights.resolve("sdxl-refiner"), base)
     safety = SafetyChecker(weights.resolve("safety-checker"), device, dtype)
     models = Models(
         device=device,
@@ -102,6 +109,8 @@ def load_all(device: str | None = None, dtype: torch.dtype | None = None) -> Mod
         scheduler_config=base.scheduler.config,
         refiner_scheduler_config=refiner.scheduler.config,
     )
+    if isinstance(base.unet, openvino_backend.OVUNet):
+        openvino_backend.attach(models, weights.resolve("sdxl-base"))
     for pipe in (models.base, models.img2img, models.inpaint, models.refiner):
         pipe.set_progress_bar_config(disable=True)
     models.speed = acceleration.accelerate(models)

@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["helpers.fixtures"]  # predictor, run
 
 os.environ["SDXL_WEIGHTS"] = "tiny"
+os.environ["SDXL_BACKEND"] = "torch"  # the oracle tests compare torch bitwise; OpenVINO tests opt in per fixture
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))

@@ -26,7 +26,7 @@ from .download import download
 
 log = logging.getLogger(__name__)
 
-TINY_VERSION = "1"  # bump when a tiny generator changes, so stale caches are not reused
+TINY_VERSION = "2"  # bump when a tiny generator changes, so stale caches are not reused
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

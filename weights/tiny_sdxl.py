@@ -84,6 +84,28 @@ def _tokenizer(pad_token: str):
     return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=77)
 
 
+def _save_tokenizer(tokenizer, path: Path) -> None:
+    """The tokenizer as transformers saves it (tokenizer.json) plus the vocab.json and merges.txt that
+    slow tokenizers, older transformers and other tools read."""
+    tokenizer.save_pretrained(path)
+    vocab, merges = _bpe()
+    (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (path / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+
+
+def _save_text_encoder(model, path: Path) -> None:
+    """A CLIPTextModel as :func:`_save`, with every key under ``text_model.`` as older transformers and other
+    tools expect (transformers 5 saves it without the prefix; they would load a randomly initialised encoder).
+    CLIPTextModelWithProjection is saved with the prefix already (and its ``text_projection`` outside it)."""
+    from safetensors.torch import load_file, save_file
+
+    _save(model, path)
+    for f in path.glob("*.safetensors"):
+        state = load_file(f)
+        save_file({k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()}, f,
+                  metadata={"format": "pt"})
+
+
 def _text_config(tokenizer, hidden: int, act: str):
     from transformers import CLIPTextConfig
 
@@ -176,10 +198,10 @@ def make_base(out: Path, seed: int = 0) -> None:
 
     tok = _tokenizer(pad_token="<|endoftext|>")
     tok2 = _tokenizer(pad_token="!")
-    tok.save_pretrained(out / "tokenizer")
-    tok2.save_pretrained(out / "tokenizer_2")
+    _save_tokenizer(tok, out / "tokenizer")
+    _save_tokenizer(tok2, out / "tokenizer_2")
     torch.manual_seed(seed)
-    _save(CLIPTextModel(_text_config(tok, TEXT_ENCODER_DIM, "quick_gelu")), out / "text_encoder")
+    _save_text_encoder(CLIPTextModel(_text_config(tok, TEXT_ENCODER_DIM, "quick_gelu")), out / "text_encoder")
     torch.manual_seed(seed + 1)
     _save(CLIPTextModelWithProjection(_text_config(tok2, TEXT_ENCODER_2_DIM, "gelu")), out / "text_encoder_2")
     torch.manual_seed(seed + 2)
@@ -205,7 +227,7 @@ def make_base(out: Path, seed: int = 0) -> None:
 
 def make_refiner(out: Path, seed: int = 100) -> None:
     """SDXL refiner without VAE and text encoder, as in refiner-no-vae-no-encoder-1.0.tar."""
-    _tokenizer(pad_token="!").save_pretrained(out / "tokenizer_2")
+    _save_tokenizer(_tokenizer(pad_token="!"), out / "tokenizer_2")
     torch.manual_seed(seed)
     _save(_unet(TEXT_ENCODER_2_DIM, time_ids=5, refiner=True), out / "unet")
     _save_scheduler(out)
