@@ -22,6 +22,10 @@ if str(REPO) not in sys.path:
 # alone (`pytest tests/x.py`) the bitwise comparisons between two server processes need it too -
 # with 2 threads some CPU kernels split their work by timing, and a pixel can differ by one level.
 os.environ["OMP_NUM_THREADS"] = "1"
+# MKL's results may differ in the last bit with the memory alignment of a matmul's input, i.e. with
+# the allocator's history: after a LoRA was loaded and unloaded (weights bitwise the base's) one pixel
+# of a batch could differ by one level. Conditional numerical reproducibility makes them alignment-free.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
