@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .tiny_sdxl import _tokenizer as _clip_tokenizer
+from .tiny_sdxl import clip_tokenizer
 
 # Image sizes of the tiny models (the real ones: BLIP 384, CLIPSeg 352, Swin2SR 64 with window 8).
 BLIP_IMAGE_SIZE = 32
@@ -87,7 +87,7 @@ def make_clipseg(out: Path, seed: int = 400) -> None:
     """CLIPSegForImageSegmentation + CLIPSegProcessor, the layout of CIDAS/clipseg-rd64-refined."""
     from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessorPil
 
-    tok = _clip_tokenizer(pad_token="<|endoftext|>")
+    tok = clip_tokenizer(pad_token="<|endoftext|>")
     hidden = 32
     config = CLIPSegConfig(
         text_config={

@@ -77,7 +77,8 @@ def _bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return {tok: i for i, tok in enumerate(vocab)}, merges
 
 
-def _tokenizer(pad_token: str):
+def clip_tokenizer(pad_token: str):
+    """The tiny CLIP tokenizer (a small real BPE vocabulary), as every tiny text model uses it."""
     from transformers import CLIPTokenizer
 
     vocab, merges = _bpe()
@@ -196,8 +197,8 @@ def make_base(out: Path, seed: int = 0) -> None:
     """SDXL base (the fp16-fix VAE layout: force_upcast off) as in sdxl-vae-upcast-fix.tar."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    tok = _tokenizer(pad_token="<|endoftext|>")
-    tok2 = _tokenizer(pad_token="!")
+    tok = clip_tokenizer(pad_token="<|endoftext|>")
+    tok2 = clip_tokenizer(pad_token="!")
     _save_tokenizer(tok, out / "tokenizer")
     _save_tokenizer(tok2, out / "tokenizer_2")
     torch.manual_seed(seed)
@@ -227,7 +228,7 @@ def make_base(out: Path, seed: int = 0) -> None:
 
 def make_refiner(out: Path, seed: int = 100) -> None:
     """SDXL refiner without VAE and text encoder, as in refiner-no-vae-no-encoder-1.0.tar."""
-    _save_tokenizer(_tokenizer(pad_token="!"), out / "tokenizer_2")
+    _save_tokenizer(clip_tokenizer(pad_token="!"), out / "tokenizer_2")
     torch.manual_seed(seed)
     _save(_unet(TEXT_ENCODER_2_DIM, time_ids=5, refiner=True), out / "unet")
     _save_scheduler(out)
