@@ -207,6 +207,8 @@ def make(root: Path | None = None, refiner: bool = True, log=print) -> Path:
         shutil.copy(tiny_refiner / "model_index.json", tmp / "model_index.json")
         n = _diffusers_model(UNet2DConditionModel, UNET_REFINER, tmp / "unet", 5)
         (tmp / ".done").write_text(str(n))
+        if ref.is_symlink():  # the tiny stand-in an earlier run without the full refiner linked here
+            ref.unlink()
         shutil.rmtree(ref, ignore_errors=True)
         tmp.rename(ref)
         log(f"full-size sdxl-refiner: {n / 1e9:.2f} B parameters written to {ref} in {time.monotonic() - started:.0f}s")
