@@ -263,7 +263,7 @@ def build_archive(container: str, members: list[Entry], tar_format: int = tarfil
                 info.external_attr = (mode | 0o644) << 16
                 data = e.target.encode() if e.kind == "sym" else (b"" if e.kind == "dir" else e.data)
                 zf.writestr(info, data)
-        return _raw_zip_names(buf.getvalue(), raw_names)
+        return with_raw_zip_names(buf.getvalue(), raw_names)
     mode = "w" if container == "tar" else "w:" + container.split(":")[1]
     with tarfile.open(fileobj=buf, mode=mode, format=tar_format, encoding="utf-8", errors="surrogateescape") as tf:
         for e in members:
@@ -282,7 +282,7 @@ def build_archive(container: str, members: list[Entry], tar_format: int = tarfil
     return buf.getvalue()
 
 
-def _raw_zip_names(data: bytes, raw_names: dict[bytes, bytes]) -> bytes:
+def with_raw_zip_names(data: bytes, raw_names: dict[bytes, bytes]) -> bytes:
     """Put non-UTF-8 bytes in member names, with the UTF-8 flag (bit 11) set as a lying writer would."""
     if not raw_names:
         return data
@@ -347,8 +347,8 @@ def archive_intake(data: bytes) -> None:
         upload.write_bytes(data)
         try:
             intake = read_archive(upload, staging)
-            captions = dataset._csv_captions(intake.caption_csv, intake.caption_csv_name, intake.images)
-            examples = dataset._decode(intake.images, upload, 64)
+            captions = dataset.captions_from_csv(intake.caption_csv, intake.caption_csv_name, intake.images)
+            examples = dataset.decode_images(intake.images, upload, 64)
             if captions is not None:
                 missing = [ex.name for ex in examples if os.path.basename(ex.name) not in captions]
                 if missing:

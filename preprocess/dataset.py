@@ -72,8 +72,8 @@ def prepare(
     staging = out_dir / STAGING
     try:
         intake = read_archive(input_images, staging, input_images_filetype)
-        csv_captions = _csv_captions(intake.caption_csv, intake.caption_csv_name, intake.images)
-        examples = _decode(intake.images, input_images, resolution)
+        csv_captions = captions_from_csv(intake.caption_csv, intake.caption_csv_name, intake.images)
+        examples = decode_images(intake.images, input_images, resolution)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if use_face_detection_instead and prompts:
@@ -113,7 +113,8 @@ def _clean_outputs(out_dir: Path) -> None:
     (out_dir / "captions.csv").unlink(missing_ok=True)
 
 
-def _csv_captions(text: str | None, csv_name: str | None, members: list[Member]) -> dict[str, str] | None:
+def captions_from_csv(text: str | None, csv_name: str | None, members: list[Member]) -> dict[str, str] | None:
+    """The archive's caption csv as {image basename: caption}, checked against the image members; None without one."""
     if text is None:
         return None
     captions = captions_mod.parse_caption_csv(text, csv_name)
@@ -122,7 +123,7 @@ def _csv_captions(text: str | None, csv_name: str | None, members: list[Member])
     return captions
 
 
-def _decode(members: list[Member], archive: Path, resolution: int) -> list[Example]:
+def decode_images(members: list[Member], archive: Path, resolution: int) -> list[Example]:
     """Decode every image member (skipping unreadable ones); shrink large ones to save memory.
 
     The shorter side is kept at ``max(resolution, ANALYSIS_SIDE)`` at least: the final crop only needs

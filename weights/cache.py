@@ -36,7 +36,8 @@ DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "weights-cache" / "train
 Fill = Callable[[Path, Callable[[int], None]], None]
 
 
-def _size(path: Path) -> int:
+def disk_size(path: Path) -> int:
+    """Bytes on disk of a cache entry (a file, or a directory's regular files; links not followed)."""
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
@@ -115,7 +116,7 @@ class WeightsCache:
     def _make_room(self, size: int, *, input_name: str, label: str) -> None:
         """Before a download of ``size`` bytes: evict least recently used entries so it fits, or refuse."""
         with self._evict_lock:
-            reclaimable = sum(_size(e) for e in self._evictable())
+            reclaimable = sum(disk_size(e) for e in self._evictable())
             free = shutil.disk_usage(self.root).free
             if size > free + reclaimable:
                 raise DownloadError(
@@ -166,7 +167,7 @@ class WeightsCache:
         ``keep_free`` bytes free."""
         with self._evict_lock:
             entries = self._evictable()
-            sizes = {e: _size(e) for e in entries}
+            sizes = {e: disk_size(e) for e in entries}
             total = sum(sizes.values())
             while entries and (
                 total + incoming > self.max_bytes or shutil.disk_usage(self.root).free < keep_free

@@ -353,7 +353,7 @@ def test_eviction_removes_the_least_recently_used_entry_first_and_before_downloa
     assert [e.name for e in cache.entries()] == [a.parent.name, c.parent.name]
     # the size came with the first answer and b was gone before the body was written
     assert state_when_c_was_requested == [(True, True)]
-    assert cache_mod._size(tmp_path / "cache") <= 250_000
+    assert cache_mod.disk_size(tmp_path / "cache") <= 250_000
 
 
 def test_a_download_larger_than_the_disk_can_hold_is_refused_before_anything_is_evicted(serve, tmp_path, monkeypatch):
