@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from helpers.http_files import FileServer
-from hostile.conftest import Api
+from helpers.api import Api
+from hostile.conftest import FAST
 
 from cogrun.serve import running_server
 from weights.sources import SHOWN_CHARS
@@ -39,7 +40,7 @@ def server(tmp_path_factory):
                OMP_NUM_THREADS="1")  # one intra-op thread, as under xdist: a base image after a LoRA was
     # unloaded can differ by 1 in one pixel with several threads (all weights equal bitwise; seen on main too)
     with running_server("predict", env=env, timeout=300) as base_url:
-        yield Api(base_url, tmp, cache)
+        yield Api(base_url, tmp, cache, defaults=FAST)
 
 
 @pytest.fixture(scope="module")
