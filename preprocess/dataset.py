@@ -33,7 +33,7 @@ CSV_HEADER = ("image", "mask", "caption", "original_height", "original_width", "
 
 @dataclass
 class WorkingImage:
-    """One training image on its way through the pipeline."""
+    """One training image on its way through ``prepare`` (decoded, then masked, captioned and cropped)."""
 
     name: str  # member name inside the archive
     image: Image.Image
@@ -135,7 +135,7 @@ def decode_images(members: list[Member], archive: Path, resolution: int) -> list
         if image is not None:
             original_size = (image.height, image.width)
             examples.append(WorkingImage(member.name, shrink(image, max(resolution, ANALYSIS_SIDE)),
-                                    original_size=original_size))
+                                         original_size=original_size))
     if not examples:
         found = f"{len(members)} image file(s), none readable" if members else "no image files (png, jpg, jpeg, webp, bmp, gif)"
         raise PreprocessError(f"input_images: {archive.name} holds {found}")
@@ -181,7 +181,7 @@ def _crop_all(examples, resolution: int, salience: bool, device: str) -> list[Wo
         left, top, right, _ = box = crop_box(ex.image, ex.mask, salience=salience)
         scale = resolution / (right - left)  # the square's side becomes `resolution`
         squares.append(WorkingImage(ex.name, ex.image.crop(box), ex.mask.crop(box), ex.caption, ex.original_size,
-                               (round(top * scale), round(left * scale))))
+                                    (round(top * scale), round(left * scale))))
     upscaler = Upscaler(device) if any(sq.image.width < resolution for sq in squares) else None
     for sq in squares:
         sq.image = upscaler.to_resolution(sq.image, resolution) if upscaler else resize(sq.image, resolution)

@@ -16,6 +16,7 @@ CAPTIONS_CSV = "captions.csv"
 
 @dataclass(frozen=True)
 class PreparedExample:
+    """One row of a prepared dataset (written by ``preprocess.prepare``): file paths and the caption."""
     image: Path
     mask: Path | None
     caption: str
