@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .archive import extract_tar, make_private
+from .env import env_number
 from .errors import DownloadError
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,7 @@ def disk_size(path: Path) -> int:
 
 
 def max_bytes_from_env() -> int:
-    raw = os.environ.get("SDXL_LORA_CACHE_BYTES", "")
-    try:
-        value = int(raw) if raw.strip() else DEFAULT_MAX_BYTES
-    except ValueError:
-        log.warning("SDXL_LORA_CACHE_BYTES=%r is not a whole number; using %d", raw, DEFAULT_MAX_BYTES)
-        value = DEFAULT_MAX_BYTES
+    value = env_number("SDXL_LORA_CACHE_BYTES", DEFAULT_MAX_BYTES, int)
     return value if value > 0 else DEFAULT_MAX_BYTES
 
 

@@ -6,8 +6,10 @@ Servers get a private TMPDIR and weights cache so a test can see every file they
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -18,28 +20,36 @@ from helpers.http_files import FileServer
 FAST = {"width": 64, "height": 64, "num_inference_steps": 2, "seed": 1234}
 
 
-def _server_dirs(tmp_path_factory, name: str) -> tuple[Path, Path, dict]:
+@contextlib.contextmanager
+def private_server(kind: str, tmp_path_factory, name: str, **env) -> Iterator[Api]:
+    """A coglet server (``predict`` or ``train``) on tiny weights with its own TMPDIR and weights cache
+    (so a test can see every file it leaves behind); ``env`` adds or overrides variables."""
     root = tmp_path_factory.mktemp(name)
     tmp, cache = root / "tmp", root / "cache"
     tmp.mkdir()
-    env = {**os.environ, "SDXL_WEIGHTS": "tiny", "TMPDIR": str(tmp), "SDXL_LORA_CACHE": str(cache)}
-    return tmp, cache, env
+    env = {**os.environ, "SDXL_WEIGHTS": "tiny", "TMPDIR": str(tmp), "SDXL_LORA_CACHE": str(cache), **env}
+    with running_server(kind, env=env, timeout=300) as base_url:
+        yield Api(base_url, tmp, cache, defaults=FAST)
+
+
+@pytest.fixture(scope="session")
+def make_private_server():
+    """``with make_private_server(kind, tmp_path_factory, name, **env) as api``: see ``private_server``."""
+    return private_server
 
 
 @pytest.fixture(scope="module")
 def predict_api(tmp_path_factory) -> Api:
-    """A predict server (one per test module) with its own TMPDIR and weights cache."""
-    tmp, cache, env = _server_dirs(tmp_path_factory, "predict-server")
-    with running_server("predict", env=env, timeout=300) as base_url:
-        yield Api(base_url, tmp, cache, defaults=FAST)
+    """A predict server, one per test module."""
+    with private_server("predict", tmp_path_factory, "predict-server") as api:
+        yield api
 
 
 @pytest.fixture(scope="module")
 def train_api(tmp_path_factory) -> Api:
-    """A training server (/trainings) with its own TMPDIR."""
-    tmp, cache, env = _server_dirs(tmp_path_factory, "train-server")
-    with running_server("train", env=env, timeout=300) as base_url:
-        yield Api(base_url, tmp, cache, defaults=FAST)
+    """A training server (/trainings), one per test module."""
+    with private_server("train", tmp_path_factory, "train-server") as api:
+        yield api
 
 
 @pytest.fixture(scope="module")
