@@ -17,7 +17,7 @@ from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLW
 
 from sdxl.checks import check_request
 from sdxl.generate import Settings, generate
-from sdxl.images import load_image, save_images
+from sdxl.images import load_image_or_refuse, save_images
 from sdxl.models import load_all
 from sdxl.openvino_backend import make_finetunes
 from weights.cache import WeightsCache
@@ -120,8 +120,8 @@ class Predictor(BaseRunner):
             refiner_scheduler_config=self.models.refiner_scheduler_config,
             seed=seed,
         )
-        init_image = load_image(image, name="image") if image is not None else None
-        mask_image = load_image(mask, name="mask", mode="L") if mask is not None else None
+        init_image = load_image_or_refuse(image, name="image") if image is not None else None
+        mask_image = load_image_or_refuse(mask, name="mask", mode="L") if mask is not None else None
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "big")
         log.info("Using seed: %d", seed)

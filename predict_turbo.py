@@ -19,7 +19,7 @@ from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLW
 from sdxl.fewstep import FewStepModels, plan_request
 from sdxl.finetune import FineTunes
 from sdxl.generate import Settings, generate
-from sdxl.images import load_image, save_images
+from sdxl.images import load_image_or_refuse, save_images
 from sdxl.model_specs import MODEL_SPECS
 from weights.cache import WeightsCache
 
@@ -144,8 +144,8 @@ class Predictor(BaseRunner):
             has_mask=mask is not None,
             seed=seed,
         )
-        init_image = load_image(image, name="image") if image is not None else None
-        mask_image = load_image(mask, name="mask", mode="L") if mask is not None else None
+        init_image = load_image_or_refuse(image, name="image") if image is not None else None
+        mask_image = load_image_or_refuse(mask, name="mask", mode="L") if mask is not None else None
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "big")
         log.info("Using seed: %d", seed)

@@ -67,6 +67,35 @@ def file_to_data_uri(path: Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
+def post_json(base_url: str, endpoint: str, payload: dict, headers: dict | None = None,
+              timeout: float | None = None) -> tuple[int, dict, bytes]:
+    """POST ``payload`` as JSON; (HTTP status, JSON body or {}, raw body), for error statuses too.
+
+    The one retry policy for every client of a server (this command line and the tests): a 409 means
+    every slot is busy - another run, or the previous one still releasing its slot (coglet answers a
+    synchronous prediction a moment before it frees the slot) - and is retried for BUSY_RETRY_SECONDS,
+    as coglet's docs tell clients to; then the 409 is returned.
+    """
+    data = json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    deadline = time.monotonic() + BUSY_RETRY_SECONDS
+    wait = 0.05
+    while True:
+        request = urllib.request.Request(base_url.rstrip("/") + endpoint, data=data, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        if status != 409 or time.monotonic() > deadline:
+            try:
+                return status, json.loads(raw) if raw else {}, raw
+            except ValueError:
+                return status, {}, raw
+        time.sleep(wait)
+        wait = min(wait * 2, 1.0)
+
+
 def run(base_url: str, inputs: dict[str, Any], train: bool = False, timeout: float | None = None) -> dict:
     """POST the inputs to /predictions (or /trainings), wait for the end, and return the response.
 
@@ -74,35 +103,25 @@ def run(base_url: str, inputs: dict[str, Any], train: bool = False, timeout: flo
     failed run (``error``).
     """
     endpoint = "/trainings" if train else "/predictions"
-    body = json.dumps({"input": inputs}).encode()
-    headers = {"Content-Type": "application/json", "Prefer": "wait"}  # synchronous: coglet answers at the end
-    deadline = time.monotonic() + BUSY_RETRY_SECONDS
-    while True:
-        request = urllib.request.Request(base_url.rstrip("/") + endpoint, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                result = json.load(response)
-            break
-        except urllib.error.HTTPError as exc:
-            # 409: every slot busy (another run, or the previous one still releasing its slot): retry
-            if exc.code != 409 or time.monotonic() > deadline:
-                raise PredictionError(_describe_refusal(exc)) from None
-            time.sleep(0.2)
+    # synchronous: coglet answers at the end
+    status, result, raw = post_json(base_url, endpoint, {"input": inputs}, {"Prefer": "wait"}, timeout)
+    if status >= 400:
+        raise PredictionError(_describe_refusal(status, raw))
     if result.get("status") != "succeeded":
         raise PredictionError(result.get("error") or f"status {result.get('status')}", result)
     return result
 
 
-def _describe_refusal(exc: urllib.error.HTTPError) -> str:
-    body = exc.read().decode("utf-8", "replace")
+def _describe_refusal(code: int, raw: bytes) -> str:
+    body = raw.decode("utf-8", "replace")
     try:
         payload = json.loads(body)
     except ValueError:
-        return f"HTTP {exc.code}: {body.strip()}"
+        return f"HTTP {code}: {body.strip()}"
     if isinstance(payload.get("detail"), list):
         lines = [f"{'.'.join(str(p) for p in d.get('loc', [])[2:]) or 'input'}: {d.get('msg')}" for d in payload["detail"]]
-        return f"HTTP {exc.code}: invalid input\n  " + "\n  ".join(lines)
-    return f"HTTP {exc.code}: {payload.get('error') or payload.get('detail') or body.strip()}"
+        return f"HTTP {code}: invalid input\n  " + "\n  ".join(lines)
+    return f"HTTP {code}: {payload.get('error') or payload.get('detail') or body.strip()}"
 
 
 def file_outputs(output: Any) -> Iterator[str]:

@@ -6,9 +6,9 @@ Each target takes one generated input, runs the real code on it and checks the c
   (caption csv join, image decoding). Allowed outcomes: an Intake, or ``PreprocessError`` whose
   message starts with ``input_images``. Staged files are regular files named by us inside the
   staging folder; nothing else appears anywhere under the scratch root.
-- ``predict_image``: ``sdxl.images.load_image`` (predict's ``image``/``mask``). Allowed: an image of
+- ``predict_image``: ``sdxl.images.load_image_or_refuse`` (predict's ``image``/``mask``). Allowed: an image of
   the asked mode within MAX_INPUT_PIXELS, or ``InputImageError`` naming the input.
-- ``training_image``: ``preprocess.images.load_image``. Allowed: an RGB image within
+- ``training_image``: ``preprocess.images.load_image_or_none``. Allowed: an RGB image within
   MAX_IMAGE_PIXELS, ``None`` (skipped as unreadable) or ``PreprocessError`` naming input_images.
 
 Anything else (another exception type, a file outside, a wrong mode) is a finding.
@@ -149,41 +149,41 @@ def image_bytes(draw) -> bytes:
 
 
 def predict_image(data: bytes, mode: str = "RGB") -> None:
-    from sdxl.images import MAX_INPUT_PIXELS, MIN_INPUT_SIDE, InputImageError, load_image
+    from sdxl.images import MAX_INPUT_PIXELS, MIN_INPUT_SIDE, InputImageError, load_image_or_refuse
 
     with _scratch() as root:
         path = root / "upload"
         path.write_bytes(data)
         name = "mask" if mode == "L" else "image"
         try:
-            img = load_image(path, name=name, mode=mode)
+            img = load_image_or_refuse(path, name=name, mode=mode)
         except InputImageError as e:
             if not str(e).startswith(f"{name}:"):
                 raise Finding(f"InputImageError does not name the input: {e}") from e
             return
         except Exception as e:
-            raise Finding(f"sdxl.images.load_image raised {type(e).__name__}: {e}") from e
+            raise Finding(f"sdxl.images.load_image_or_refuse raised {type(e).__name__}: {e}") from e
         if img.mode != mode or img.width * img.height > MAX_INPUT_PIXELS or min(img.size) < MIN_INPUT_SIDE:
-            raise Finding(f"load_image returned mode {img.mode} size {img.size}")
+            raise Finding(f"load_image_or_refuse returned mode {img.mode} size {img.size}")
 
 
 def training_image(data: bytes) -> None:
     from preprocess import PreprocessError
-    from preprocess.images import MAX_IMAGE_PIXELS, load_image
+    from preprocess.images import MAX_IMAGE_PIXELS, load_image_or_none
 
     with _scratch() as root:
         path = root / "00000"
         path.write_bytes(data)
         try:
-            img = load_image(path, "member.png")
+            img = load_image_or_none(path, "member.png")
         except PreprocessError as e:
             if not str(e).startswith("input_images"):
                 raise Finding(f"PreprocessError does not name input_images: {e}") from e
             return
         except Exception as e:
-            raise Finding(f"preprocess.images.load_image raised {type(e).__name__}: {e}") from e
+            raise Finding(f"preprocess.images.load_image_or_none raised {type(e).__name__}: {e}") from e
         if img is not None and (img.mode != "RGB" or img.width * img.height > MAX_IMAGE_PIXELS):
-            raise Finding(f"load_image returned mode {img.mode} size {img.size}")
+            raise Finding(f"load_image_or_none returned mode {img.mode} size {img.size}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ def build_archive(container: str, members: list[Entry], tar_format: int = tarfil
                 info.external_attr = (mode | 0o644) << 16
                 data = e.target.encode() if e.kind == "sym" else (b"" if e.kind == "dir" else e.data)
                 zf.writestr(info, data)
-        return _raw_zip_names(buf.getvalue(), raw_names)
+        return with_raw_zip_names(buf.getvalue(), raw_names)
     mode = "w" if container == "tar" else "w:" + container.split(":")[1]
     with tarfile.open(fileobj=buf, mode=mode, format=tar_format, encoding="utf-8", errors="surrogateescape") as tf:
         for e in members:
@@ -282,7 +282,7 @@ def build_archive(container: str, members: list[Entry], tar_format: int = tarfil
     return buf.getvalue()
 
 
-def _raw_zip_names(data: bytes, raw_names: dict[bytes, bytes]) -> bytes:
+def with_raw_zip_names(data: bytes, raw_names: dict[bytes, bytes]) -> bytes:
     """Put non-UTF-8 bytes in member names, with the UTF-8 flag (bit 11) set as a lying writer would."""
     if not raw_names:
         return data
@@ -347,8 +347,8 @@ def archive_intake(data: bytes) -> None:
         upload.write_bytes(data)
         try:
             intake = read_archive(upload, staging)
-            captions = dataset._csv_captions(intake.caption_csv, intake.caption_csv_name, intake.images)
-            examples = dataset._decode(intake.images, upload, 64)
+            captions = dataset.captions_from_csv(intake.caption_csv, intake.caption_csv_name, intake.images)
+            examples = dataset.decode_images(intake.images, upload, 64)
             if captions is not None:
                 missing = [ex.name for ex in examples if os.path.basename(ex.name) not in captions]
                 if missing:

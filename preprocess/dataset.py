@@ -14,7 +14,7 @@ from PIL import Image
 from . import caption as captions_mod
 from .crop import crop_box, shrink
 from .errors import PreprocessError
-from .images import load_image
+from .images import load_image_or_none
 from training import inputs
 
 from .intake import Member, read_archive
@@ -32,8 +32,8 @@ CSV_HEADER = ("image", "mask", "caption", "original_height", "original_width", "
 
 
 @dataclass
-class Example:
-    """One training image on its way through the pipeline."""
+class WorkingImage:
+    """One training image on its way through ``prepare`` (decoded, then masked, captioned and cropped)."""
 
     name: str  # member name inside the archive
     image: Image.Image
@@ -72,8 +72,8 @@ def prepare(
     staging = out_dir / STAGING
     try:
         intake = read_archive(input_images, staging, input_images_filetype)
-        csv_captions = _csv_captions(intake.caption_csv, intake.caption_csv_name, intake.images)
-        examples = _decode(intake.images, input_images, resolution)
+        csv_captions = captions_from_csv(intake.caption_csv, intake.caption_csv_name, intake.images)
+        examples = decode_images(intake.images, input_images, resolution)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if use_face_detection_instead and prompts:
@@ -113,7 +113,8 @@ def _clean_outputs(out_dir: Path) -> None:
     (out_dir / "captions.csv").unlink(missing_ok=True)
 
 
-def _csv_captions(text: str | None, csv_name: str | None, members: list[Member]) -> dict[str, str] | None:
+def captions_from_csv(text: str | None, csv_name: str | None, members: list[Member]) -> dict[str, str] | None:
+    """The archive's caption csv as {image basename: caption}, checked against the image members; None without one."""
     if text is None:
         return None
     captions = captions_mod.parse_caption_csv(text, csv_name)
@@ -122,7 +123,7 @@ def _csv_captions(text: str | None, csv_name: str | None, members: list[Member])
     return captions
 
 
-def _decode(members: list[Member], archive: Path, resolution: int) -> list[Example]:
+def decode_images(members: list[Member], archive: Path, resolution: int) -> list[WorkingImage]:
     """Decode every image member (skipping unreadable ones); shrink large ones to save memory.
 
     The shorter side is kept at ``max(resolution, ANALYSIS_SIDE)`` at least: the final crop only needs
@@ -130,11 +131,11 @@ def _decode(members: list[Member], archive: Path, resolution: int) -> list[Examp
     """
     examples = []
     for member in members:
-        image = load_image(member.path, member.name)
+        image = load_image_or_none(member.path, member.name)
         if image is not None:
             original_size = (image.height, image.width)
-            examples.append(Example(member.name, shrink(image, max(resolution, ANALYSIS_SIDE)),
-                                    original_size=original_size))
+            examples.append(WorkingImage(member.name, shrink(image, max(resolution, ANALYSIS_SIDE)),
+                                         original_size=original_size))
     if not examples:
         found = f"{len(members)} image file(s), none readable" if members else "no image files (png, jpg, jpeg, webp, bmp, gif)"
         raise PreprocessError(f"input_images: {archive.name} holds {found}")
@@ -173,14 +174,14 @@ def _add_captions(examples, csv_captions, prefix: str, token: str, seed: int, de
     captioner.close()
 
 
-def _crop_all(examples, resolution: int, salience: bool, device: str) -> list[Example]:
+def _crop_all(examples, resolution: int, salience: bool, device: str) -> list[WorkingImage]:
     """Square-crop image and mask together, upscale small images with Swin2SR, resize to ``resolution``."""
     squares = []
     for ex in examples:
         left, top, right, _ = box = crop_box(ex.image, ex.mask, salience=salience)
         scale = resolution / (right - left)  # the square's side becomes `resolution`
-        squares.append(Example(ex.name, ex.image.crop(box), ex.mask.crop(box), ex.caption, ex.original_size,
-                               (round(top * scale), round(left * scale))))
+        squares.append(WorkingImage(ex.name, ex.image.crop(box), ex.mask.crop(box), ex.caption, ex.original_size,
+                                    (round(top * scale), round(left * scale))))
     upscaler = Upscaler(device) if any(sq.image.width < resolution for sq in squares) else None
     for sq in squares:
         sq.image = upscaler.to_resolution(sq.image, resolution) if upscaler else resize(sq.image, resolution)
@@ -190,7 +191,7 @@ def _crop_all(examples, resolution: int, salience: bool, device: str) -> list[Ex
     return squares
 
 
-def _write(out_dir: Path, squares: list[Example]) -> None:
+def _write(out_dir: Path, squares: list[WorkingImage]) -> None:
     (out_dir / "images").mkdir()
     (out_dir / "masks").mkdir()
     rows = []

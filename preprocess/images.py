@@ -17,7 +17,7 @@ MAX_IMAGE_PIXELS = 80_000_000  # ~ a 10000 x 8000 photo; larger headers are refu
 _BACKGROUND = (255, 255, 255)  # transparent areas become white
 
 
-def load_image(path: Path, name: str) -> Image.Image | None:
+def load_image_or_none(path: Path, name: str) -> Image.Image | None:
     """Decode ``path`` (member ``name``) to upright RGB; ``None`` (logged) when it is not a usable image.
 
     Raises PreprocessError for images over MAX_IMAGE_PIXELS, checked from the header before decoding.

@@ -43,16 +43,16 @@ class Settings:
 
 def generate(
     models: Models,
-    s: Settings,
+    settings: Settings,
     *,
     image: Image.Image | None = None,
     mask: Image.Image | None = None,
     lora: bool = False,
     watermarker=None,
 ) -> list[Image.Image]:
-    """Run the request ``s`` and return the finished images (before the safety checker)."""
-    if s.refine not in REFINE_MODES:
-        raise ValueError(f"refine: {s.refine!r} is not one of {', '.join(REFINE_MODES)}")
+    """Run the request ``settings`` and return the finished images (before the safety checker)."""
+    if settings.refine not in REFINE_MODES:
+        raise ValueError(f"refine: {settings.refine!r} is not one of {', '.join(REFINE_MODES)}")
     kwargs: dict = {}
     if image is not None and mask is not None:
         log.info("inpainting mode")
@@ -60,47 +60,47 @@ def generate(
             log.info("mask %dx%d resized to the image's %dx%d", *mask.size, *image.size)
             mask = mask.resize(image.size, Image.Resampling.LANCZOS)
         pipe = models.inpaint
-        kwargs.update(image=image, mask_image=mask, strength=s.prompt_strength, width=s.width, height=s.height)
+        kwargs.update(image=image, mask_image=mask, strength=settings.prompt_strength, width=settings.width, height=settings.height)
     elif image is not None:
         log.info("img2img mode")
         pipe = models.img2img
-        kwargs.update(image=image, strength=s.prompt_strength)
+        kwargs.update(image=image, strength=settings.prompt_strength)
     else:
         log.info("txt2img mode")
         pipe = models.base
-        kwargs.update(width=s.width, height=s.height)
+        kwargs.update(width=settings.width, height=settings.height)
 
-    refining = s.refine != "no_refiner"
-    if s.refine == "expert_ensemble_refiner":
-        kwargs.update(output_type="latent", denoising_end=s.high_noise_frac)
-    elif s.refine == "base_image_refiner":
+    refining = settings.refine != "no_refiner"
+    if settings.refine == "expert_ensemble_refiner":
+        kwargs.update(output_type="latent", denoising_end=settings.high_noise_frac)
+    elif settings.refine == "base_image_refiner":
         kwargs.update(output_type="latent")
     if lora:
-        kwargs["cross_attention_kwargs"] = {"scale": s.lora_scale}
+        kwargs["cross_attention_kwargs"] = {"scale": settings.lora_scale}
 
-    prepare_decode(models, *(image.size if image is not None else (s.width, s.height)))
-    pipe.scheduler = make_scheduler(s.scheduler, models.scheduler_config)
-    pipe.watermark = None if refining or not s.apply_watermark else watermarker
-    generator = torch.Generator(models.device).manual_seed(s.seed)
+    prepare_decode(models, *(image.size if image is not None else (settings.width, settings.height)))
+    pipe.scheduler = make_scheduler(settings.scheduler, models.scheduler_config)
+    pipe.watermark = None if refining or not settings.apply_watermark else watermarker
+    generator = torch.Generator(models.device).manual_seed(settings.seed)
     common = {
-        "prompt": [s.prompt] * s.num_outputs,
-        "negative_prompt": [s.negative_prompt] * s.num_outputs,
-        "guidance_scale": s.guidance_scale,
+        "prompt": [settings.prompt] * settings.num_outputs,
+        "negative_prompt": [settings.negative_prompt] * settings.num_outputs,
+        "guidance_scale": settings.guidance_scale,
         "generator": generator,
-        "num_inference_steps": s.num_inference_steps,
+        "num_inference_steps": settings.num_inference_steps,
     }
     images = pipe(**common, **kwargs).images
     if not refining:
         return images
 
     refiner = models.refiner
-    refiner.scheduler = make_scheduler(s.scheduler, models.refiner_scheduler_config)
-    refiner.watermark = watermarker if s.apply_watermark else None
+    refiner.scheduler = make_scheduler(settings.scheduler, models.refiner_scheduler_config)
+    refiner.watermark = watermarker if settings.apply_watermark else None
     refiner_kwargs = {"image": images}
-    if s.refine == "expert_ensemble_refiner":
-        refiner_kwargs["denoising_start"] = s.high_noise_frac
+    if settings.refine == "expert_ensemble_refiner":
+        refiner_kwargs["denoising_start"] = settings.high_noise_frac
     else:
         refiner_kwargs["strength"] = REFINER_STRENGTH
-        if s.refine_steps:
-            common["num_inference_steps"] = s.refine_steps
+        if settings.refine_steps:
+            common["num_inference_steps"] = settings.refine_steps
     return refiner(**common, **refiner_kwargs).images

@@ -19,8 +19,9 @@ class InputImageError(ValueError):
     pass
 
 
-def load_image(path: Path, *, name: str, mode: str = "RGB") -> Image.Image:
-    """Decode the input ``name`` (e.g. "image", "mask") fully, upright (EXIF), in ``mode``."""
+def load_image_or_refuse(path: Path, *, name: str, mode: str = "RGB") -> Image.Image:
+    """Decode the input ``name`` (e.g. "image", "mask") fully, upright (EXIF), in ``mode``; an unusable
+    image is refused with an InputImageError naming the input (a request has no image to skip)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -32,8 +32,8 @@ class ModelSpec:
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
-    s.name: s
-    for s in (
+    spec.name: spec
+    for spec in (
         ModelSpec("sdxl", "sdxl-base", None, None, None, 50, 500, 7.5, 1024, True, "CreativeML Open RAIL++-M"),
         ModelSpec(
             "sdxl-turbo", "sdxl-turbo", None, "K_EULER_ANCESTRAL", "trailing", 1, 10, 0.0, 512, False,

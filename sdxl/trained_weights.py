@@ -138,9 +138,9 @@ def read_lora_file(path: Path, shapes: BaseShapes, *, input_name: str, source: s
             raise WeightsError(input_name, f"found {kind.description} but no LoRA; pass the trained tar (or a folder / "
                                "Hugging Face repo) holding the LoRA, the embeddings and special_params.json")
         raise WeightsError(input_name, f"found {kind.description}; {ACCEPTED}")
-    tw = TrainedWeights(source=source)
-    _read_lora_into(tw, path, header, kind, shapes, input_name)
-    return tw
+    trained = TrainedWeights(source=source)
+    _read_lora_into(trained, path, header, kind, shapes, input_name)
+    return trained
 
 
 def read_lora_directory(directory: Path, shapes: BaseShapes, *, input_name: str, source: str) -> TrainedWeights:
@@ -160,35 +160,35 @@ def read_lora_directory(directory: Path, shapes: BaseShapes, *, input_name: str,
         raise WeightsError(input_name, f"found {count} files and no LoRA or embedding" + (f" ({seen})" if seen else "")
                            + "; expected lora.safetensors or unet.safetensors (with embeddings.pti and "
                            "special_params.json), or a LoRA .safetensors (diffusers/peft or kohya format)")
-    tw = TrainedWeights(source=source)
+    trained = TrainedWeights(source=source)
     if loras:
         order = {"diffusers": 0, "peft": 1, "kohya": 2, "reference": 3}
         p, header, kind = min(loras, key=lambda f: (order[f[2].name], f[0].name))
-        _read_lora_into(tw, p, header, kind, shapes, input_name)
+        _read_lora_into(trained, p, header, kind, shapes, input_name)
     if embeddings:
         if len(embeddings) > 1:
             raise WeightsError(input_name, f"found {len(embeddings)} embedding files; expected one")
         p, _, kind = embeddings[0]
         tensors = _read_safetensors(p, input_name)
         keys = ("clip_l", "clip_g") if kind.name == "sdxl-embedding" else ("text_encoders_0", "text_encoders_1")
-        tw.embeddings = _check_embeddings([tensors[k] for k in keys], keys, shapes, input_name, p.name)
-        tw.token_map = {p.stem: "".join(tw.tokens)}  # A1111 / ComfyUI name an embedding after its file
+        trained.embeddings = _check_embeddings([tensors[k] for k in keys], keys, shapes, input_name, p.name)
+        trained.token_map = {p.stem: "".join(trained.tokens)}  # A1111 / ComfyUI name an embedding after its file
     if (directory / "special_params.json").is_file():
-        tw.token_map = {**tw.token_map, **_read_token_map(directory / "special_params.json", input_name)}
-    return tw
+        trained.token_map = {**trained.token_map, **_read_token_map(directory / "special_params.json", input_name)}
+    return trained
 
 
-def _read_lora_into(tw: TrainedWeights, path: Path, header: Header, kind: Kind, shapes: BaseShapes, input_name: str) -> None:
+def _read_lora_into(trained: TrainedWeights, path: Path, header: Header, kind: Kind, shapes: BaseShapes, input_name: str) -> None:
     label = f"{path.name} ({kind.description})" if path.name != "weights.bin" else kind.description
     if kind.cross_attention is not None and shapes.cross_attention is not None \
             and kind.cross_attention != shapes.cross_attention:
         raise WeightsError(input_name, f"found {kind.description}; it does not fit this SDXL model, whose cross-attention "
                            f"reads {shapes.cross_attention} features")
     state = _read_safetensors(path, input_name)
-    tw.lora_kind = kind.description
+    trained.lora_kind = kind.description
     if kind.name == "reference":
-        tw.lora = convert_unet_state_dict_to_peft(state)
-        _check_lora_fits(tw.lora, shapes, input_name, label=label)
+        trained.lora = convert_unet_state_dict_to_peft(state)
+        _check_lora_fits(trained.lora, shapes, input_name, label=label)
         return
     if kind.name == "peft":
         state = {f"unet.{k}": v for k, v in state.items()}
@@ -210,11 +210,11 @@ def _read_lora_into(tw: TrainedWeights, path: Path, header: Header, kind: Kind, 
         if parts[name]:
             te = convert_state_dict_to_peft(convert_state_dict_to_diffusers(parts[name]))
             _check_lora_fits(te, shapes, input_name, label=label, linear=shapes.text_linear[i], conv={}, model=name)
-    tw.foreign_lora = state
+    trained.foreign_lora = state
     raw = header.metadata.get(_LORA_METADATA_KEY)
     if raw:
         try:
-            tw.lora_metadata = json.loads(raw)
+            trained.lora_metadata = json.loads(raw)
         except json.JSONDecodeError as e:
             raise WeightsError(input_name, f"found {kind.description} with unreadable {_LORA_METADATA_KEY} ({e})") from e
 
@@ -257,14 +257,14 @@ def read_trained_weights(directory: Path, shapes: BaseShapes, *, input_name: str
     if not directory.is_dir():
         raise WeightsError(input_name, f"expected a tar of trained weights, got a single file")
     names = {p.name for p in directory.iterdir()}
-    tw = TrainedWeights(source=source)
+    trained = TrainedWeights(source=source)
     if "lora.safetensors" in names:
         legacy = _read_safetensors(directory / "lora.safetensors", input_name)
-        tw.lora = convert_unet_state_dict_to_peft(legacy)
-        _check_lora_fits(tw.lora, shapes, input_name)
+        trained.lora = convert_unet_state_dict_to_peft(legacy)
+        _check_lora_fits(trained.lora, shapes, input_name)
     elif "unet.safetensors" in names:
-        tw.unet = _read_safetensors(directory / "unet.safetensors", input_name)
-        bad = [k for k, v in tw.unet.items() if shapes.unet.get(k) != v.shape]
+        trained.unet = _read_safetensors(directory / "unet.safetensors", input_name)
+        bad = [k for k, v in trained.unet.items() if shapes.unet.get(k) != v.shape]
         if bad:
             raise WeightsError(input_name, f"unet.safetensors does not fit the SDXL UNet (e.g. {bad[0]!r})")
     else:
@@ -273,10 +273,10 @@ def read_trained_weights(directory: Path, shapes: BaseShapes, *, input_name: str
     if "embeddings.pti" in names:
         emb = _read_safetensors(directory / "embeddings.pti", input_name)
         keys = ("text_encoders_0", "text_encoders_1")
-        tw.embeddings = _check_embeddings([emb.get(k) for k in keys], keys, shapes, input_name, "embeddings.pti")
+        trained.embeddings = _check_embeddings([emb.get(k) for k in keys], keys, shapes, input_name, "embeddings.pti")
     if "special_params.json" in names:
-        tw.token_map = _read_token_map(directory / "special_params.json", input_name)
-    return tw
+        trained.token_map = _read_token_map(directory / "special_params.json", input_name)
+    return trained
 
 
 def _check_lora_fits(lora: dict[str, torch.Tensor], shapes: BaseShapes, input_name: str, *, label: str = "lora.safetensors",

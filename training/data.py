@@ -15,7 +15,8 @@ CAPTIONS_CSV = "captions.csv"
 
 
 @dataclass(frozen=True)
-class Example:
+class PreparedExample:
+    """One row of a prepared dataset (written by ``preprocess.prepare``): file paths and the caption."""
     image: Path
     mask: Path | None
     caption: str
@@ -40,10 +41,10 @@ class PreparedDataset:
             raise ValueError(f"prepared dataset {self.root} has no images")
         self.examples = [self._example(row, substitute) for row in rows]
 
-    def _example(self, row: dict, substitute) -> Example:
+    def _example(self, row: dict, substitute) -> PreparedExample:
         r = self.resolution
         mask = row.get("mask") or None
-        return Example(
+        return PreparedExample(
             image=self.root / row["image"],
             mask=self.root / mask if mask else None,
             caption=substitute(row["caption"]),

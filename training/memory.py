@@ -126,8 +126,8 @@ def full_finetune_peak(unet, text_encoders, resolution: int, batch: int, optimiz
 
 def _numel(shape) -> int:
     out = 1
-    for s in shape:
-        out *= s
+    for dim in shape:
+        out *= dim
     return out
 
 

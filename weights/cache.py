@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .archive import extract_tar, make_private
+from .env import env_number
 from .errors import DownloadError
 
 log = logging.getLogger(__name__)
@@ -36,19 +37,15 @@ DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "weights-cache" / "train
 Fill = Callable[[Path, Callable[[int], None]], None]
 
 
-def _size(path: Path) -> int:
+def disk_size(path: Path) -> int:
+    """Bytes on disk of a cache entry (a file, or a directory's regular files; links not followed)."""
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
 def max_bytes_from_env() -> int:
-    raw = os.environ.get("SDXL_LORA_CACHE_BYTES", "")
-    try:
-        value = int(raw) if raw.strip() else DEFAULT_MAX_BYTES
-    except ValueError:
-        log.warning("SDXL_LORA_CACHE_BYTES=%r is not a whole number; using %d", raw, DEFAULT_MAX_BYTES)
-        value = DEFAULT_MAX_BYTES
+    value = env_number("SDXL_LORA_CACHE_BYTES", DEFAULT_MAX_BYTES, int)
     return value if value > 0 else DEFAULT_MAX_BYTES
 
 
@@ -115,7 +112,7 @@ class WeightsCache:
     def _make_room(self, size: int, *, input_name: str, label: str) -> None:
         """Before a download of ``size`` bytes: evict least recently used entries so it fits, or refuse."""
         with self._evict_lock:
-            reclaimable = sum(_size(e) for e in self._evictable())
+            reclaimable = sum(disk_size(e) for e in self._evictable())
             free = shutil.disk_usage(self.root).free
             if size > free + reclaimable:
                 raise DownloadError(
@@ -166,7 +163,7 @@ class WeightsCache:
         ``keep_free`` bytes free."""
         with self._evict_lock:
             entries = self._evictable()
-            sizes = {e: _size(e) for e in entries}
+            sizes = {e: disk_size(e) for e in entries}
             total = sum(sizes.values())
             while entries and (
                 total + incoming > self.max_bytes or shutil.disk_usage(self.root).free < keep_free

@@ -46,6 +46,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from .env import env_number
 from .errors import DownloadError
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,7 @@ class _Stopped(Exception):
 
 
 def stall_seconds_from_env() -> float:
-    raw = os.environ.get("SDXL_DOWNLOAD_STALL_SECONDS", "")
-    try:
-        seconds = float(raw) if raw.strip() else STALL_SECONDS
-    except ValueError:
-        log.warning("SDXL_DOWNLOAD_STALL_SECONDS=%r is not a number; using %.0f", raw, STALL_SECONDS)
-        seconds = STALL_SECONDS
+    seconds = env_number("SDXL_DOWNLOAD_STALL_SECONDS", STALL_SECONDS, float)
     return seconds if seconds > 0 else STALL_SECONDS
 
 
@@ -142,13 +138,7 @@ def _opener() -> urllib.request.OpenerDirector:
 
 
 def connections_from_env() -> int:
-    raw = os.environ.get("SDXL_DOWNLOAD_CONNECTIONS", "")
-    try:
-        n = int(raw) if raw.strip() else CONNECTIONS
-    except ValueError:
-        log.warning("SDXL_DOWNLOAD_CONNECTIONS=%r is not a number; using %d", raw, CONNECTIONS)
-        n = CONNECTIONS
-    return max(1, min(n, MAX_CONNECTIONS))
+    return max(1, min(env_number("SDXL_DOWNLOAD_CONNECTIONS", CONNECTIONS, int), MAX_CONNECTIONS))
 
 
 def download(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 import tarfile
 import zipfile
 
@@ -54,3 +55,29 @@ def tar_bytes(entries, mode: str = "w", fmt=tarfile.GNU_FORMAT) -> bytes:
                 info.size = len(entry[1])
                 tf.addfile(info, io.BytesIO(entry[1]))
     return buf.getvalue()
+
+
+def make_prepared(root: Path, n: int = 2, resolution: int = 64, caption: str = "a photo of TOK, a man",
+                  full_masks: bool = False) -> Path:
+    """A directory as preprocess.prepare writes it: images/NNNN.png, masks/NNNN.png, captions.csv
+    (captions ``f"{caption} {i}"``). Smooth, distinct pictures: colour gradients with a disc in the
+    middle; masks the centre square, or everything with ``full_masks``."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    yy, xx = np.mgrid[0:resolution, 0:resolution] / resolution
+    rows = []
+    for i in range(n):
+        disc = ((yy - 0.5) ** 2 + (xx - 0.5) ** 2) < (0.15 + 0.05 * i) ** 2
+        img = np.stack([xx * 255, yy * 255, np.full_like(xx, 60 * i)], axis=-1)
+        img[disc] = [230, 40 * i, 90]
+        Image.fromarray(img.astype(np.uint8)).save(root / "images" / f"{i:04d}.png")
+        mask = np.full((resolution, resolution), 255 if full_masks else 0, np.uint8)
+        q = resolution // 4
+        mask[q : resolution - q, q : resolution - q] = 255
+        Image.fromarray(mask, mode="L").save(root / "masks" / f"{i:04d}.png")
+        rows.append({"image": f"images/{i:04d}.png", "mask": f"masks/{i:04d}.png", "caption": f"{caption} {i}"})
+    with open(root / "captions.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "mask", "caption"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root

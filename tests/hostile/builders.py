@@ -9,7 +9,7 @@ import zipfile
 
 from PIL import Image
 
-from fuzz.targets import _raw_zip_names, png_with_size  # noqa: F401  (re-exported for the tests)
+from fuzz.targets import with_raw_zip_names, png_with_size  # noqa: F401  (re-exported for the tests)
 from helpers import media
 from helpers.media import caption_csv, encode, tar_bytes, zip_bytes  # noqa: F401  (re-exported)
 
@@ -42,7 +42,7 @@ def zip_symlink(name: str, target: str) -> tuple[zipfile.ZipInfo, bytes]:
 def zip_with_raw_name(raw_name: bytes, data: bytes) -> bytes:
     """A zip whose member name is ``raw_name`` (e.g. not UTF-8) although its UTF-8 flag is set."""
     placeholder = b"~" * len(raw_name)
-    return _raw_zip_names(zip_bytes([(placeholder.decode(), data)]), {placeholder: raw_name})
+    return with_raw_zip_names(zip_bytes([(placeholder.decode(), data)]), {placeholder: raw_name})
 
 
 def tar_link(name: str, target: str, kind=tarfile.SYMTYPE) -> tarfile.TarInfo:

@@ -146,7 +146,7 @@ def test_low_disk_simulated_evicts_least_recently_used_first(tmp_path, http_file
     real = shutil.disk_usage
 
     def disk_usage(path):
-        used = sum(cache_mod._size(e) for e in cache.entries())
+        used = sum(cache_mod.disk_size(e) for e in cache.entries())
         return real(path)._replace(free=max(capacity - used, 0))
 
     monkeypatch.setattr(cache_mod.shutil, "disk_usage", disk_usage)

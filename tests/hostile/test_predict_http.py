@@ -104,11 +104,9 @@ def test_unusable_images_fail_naming_the_input(predict_api, baseline, kind, whic
     assert len(data) < 20_000
     inputs = {"image": predict_api.data_uri(png((64, 64)))}
     inputs[which] = predict_api.data_uri(data)
-    start = time.monotonic()
     body = predict_api.predict_failed(**inputs)
     assert f"InputImageError: {which}: " in body["error"], body["error"]
-    assert all(w in body["error"] for w in words), body["error"]
-    assert time.monotonic() - start < 30  # refused from the header, not after decoding 10^8 pixels
+    assert all(w in body["error"] for w in words), body["error"]  # e.g. the pixel count read from the header
     assert "img2img mode" not in body["logs"] and "inpainting mode" not in body["logs"]
 
 
@@ -117,10 +115,9 @@ def test_server_still_serves_the_same_base_image_after_bad_images(predict_api, b
 
 
 def test_prompt_over_the_limit_fails_before_denoising(predict_api, baseline):
-    start = time.monotonic()
     body = predict_api.predict_failed(prompt="x" * 10_001, num_inference_steps=500)
     assert "InputError: prompt: 10001 characters is over the limit of 10000" in body["error"], body["error"]
-    assert time.monotonic() - start < 30
+    assert "txt2img mode" not in body["logs"], body["logs"]  # refused before the pipeline started
     body = predict_api.predict_failed(negative_prompt="y" * 20_000)
     assert "InputError: negative_prompt: 20000 characters" in body["error"], body["error"]
     assert_base_unchanged(predict_api, baseline)
@@ -228,15 +225,15 @@ def _cancel_mid_denoising(api, file_server, **inputs) -> dict:
                                    webhook=f"{file_server.url}/webhook")
     assert status in (200, 202), body
     deadline = time.monotonic() + 60
-    started = None
-    while time.monotonic() < deadline and started is None:  # the "start" webhook
+    started = False
+    while time.monotonic() < deadline and not started:  # the "start" webhook
         try:
             update = file_server.posts.get(timeout=1)
         except Exception:  # queue.Empty
             continue
         if update.get("id") == prediction_id and update.get("status") == "processing":
-            started = time.monotonic()
-    assert started is not None, "the prediction never started"
+            started = True
+    assert started, "the prediction never started"
     time.sleep(1.0)  # mid-denoising
     assert api.cancel(prediction_id) == 200
     final = None
@@ -250,7 +247,9 @@ def _cancel_mid_denoising(api, file_server, **inputs) -> dict:
             break
     assert final is not None, "no completed webhook after the cancel"
     assert "txt2img mode" in (final.get("logs") or ""), "cancelled before denoising started"
-    assert time.monotonic() - started < 10, "cancelled only after denoising had finished"
+    # No output: the cancel stopped the 500 steps. Had denoising finished first, the prediction would have
+    # succeeded with an image (safety check and saving take milliseconds).
+    assert not final.get("output"), "cancelled only after denoising had finished"
     api.wait_ready()
     return final
 
@@ -273,7 +272,7 @@ def test_download_cut_mid_file_leaves_no_half_file_and_the_base_model(predict_ap
     path = "/cut-mid-file.tar"
     data = weight_files["good"]
     file_server.files[path] = data
-    file_server.truncate[path] = len(data) // 2
+    file_server.drop[path] = (len(data) // 2, file_server.ALWAYS)  # full Content-Length, half the bytes
     requests_before = len(file_server.requests)
     body = predict_api.predict_failed(replicate_weights=file_server.url + path, **PLAIN)
     assert "replicate_weights" in body["error"] and "could not download" in body["error"], body["error"]
@@ -283,7 +282,7 @@ def test_download_cut_mid_file_leaves_no_half_file_and_the_base_model(predict_ap
     assert leftovers == [], leftovers  # no .part / .download file
     assert_base_unchanged(predict_api, baseline)
     # the same URL, now complete, is fetched again (no poisoned cache entry) and gives the LoRA's image
-    del file_server.truncate[path]
+    del file_server.drop[path]
     body = predict_api.predict_ok(replicate_weights=file_server.url + path, lora_scale=1.0, **PLAIN)
     assert predict_api.output_bytes(body) == [lora_image]
     assert_base_unchanged(predict_api, baseline)

@@ -9,16 +9,14 @@ once something is in it) and that the next base image is bitwise the one before.
 
 from __future__ import annotations
 
-import os
+import shutil
 import stat
 import time
 from pathlib import Path
 
 import pytest
-from helpers.http_files import FileServer
-from hostile.conftest import Api
 
-from cogrun.serve import running_server
+from helpers.api import Api
 from weights.sources import SHOWN_CHARS
 
 PLAIN = {"prompt": "a photo of a dog", "seed": 1234, "width": 64, "height": 64, "num_inference_steps": 2}
@@ -28,24 +26,12 @@ SECRET = b"root:x:0:0:SECRET-CANARY:/root:/bin/bash\n"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A predict server as an operator starts it by default, with small bounds and its own cache and TMPDIR."""
-    root = tmp_path_factory.mktemp("sources-server")
-    tmp, cache = root / "tmp", root / "cache"
-    tmp.mkdir()
-    env = dict(os.environ)
-    env.update(SDXL_LOCAL_WEIGHTS_DIR="", SDXL_WEIGHTS="tiny", TMPDIR=str(tmp), SDXL_LORA_CACHE=str(cache),
-               SDXL_LORA_CACHE_BYTES=str(CACHE_BYTES), SDXL_DOWNLOAD_STALL_SECONDS=str(STALL_SECONDS),
-               OMP_NUM_THREADS="1")  # one intra-op thread, as under xdist: a base image after a LoRA was
-    # unloaded can differ by 1 in one pixel with several threads (all weights equal bitwise; seen on main too)
-    with running_server("predict", env=env, timeout=300) as base_url:
-        yield Api(base_url, tmp, cache)
-
-
-@pytest.fixture(scope="module")
-def files():
-    with FileServer() as file_server:
-        yield file_server
+def server(make_private_server, tmp_path_factory):
+    """A predict server as an operator starts it by default (no SDXL_LOCAL_WEIGHTS_DIR), with small bounds."""
+    with make_private_server("predict", tmp_path_factory, "sources-server", SDXL_LOCAL_WEIGHTS_DIR="",
+                             SDXL_LORA_CACHE_BYTES=str(CACHE_BYTES),
+                             SDXL_DOWNLOAD_STALL_SECONDS=str(STALL_SECONDS)) as api:
+        yield api
 
 
 @pytest.fixture(scope="module")
@@ -143,41 +129,41 @@ def _redirect(to: str):
     return answer
 
 
-def test_an_endless_chunked_body_stops_at_the_cache_size(server, baseline, files):
-    files.handlers["/endless"] = _endless_chunked
-    body = server.predict_failed(replicate_weights=files.url + "/endless", **PLAIN)
+def test_an_endless_chunked_body_stops_at_the_cache_size(server, baseline, file_server):
+    file_server.handlers["/endless"] = _endless_chunked
+    body = server.predict_failed(replicate_weights=file_server.url + "/endless", **PLAIN)
     error = assert_refused_cleanly(server, baseline, body)
     assert f"over the limit of {CACHE_BYTES} bytes (the size of the weights cache)" in error, error
 
 
-def test_a_stalled_body_fails_within_the_stall_limit_across_retries(server, baseline, files):
-    files.handlers["/stalled"] = _stalled
-    before = len(files.requests)
-    body = server.predict_failed(replicate_weights=files.url + "/stalled", **PLAIN)
+def test_a_stalled_body_fails_within_the_stall_limit_across_retries(server, baseline, file_server):
+    file_server.handlers["/stalled"] = _stalled
+    before = len(file_server.requests)
+    body = server.predict_failed(replicate_weights=file_server.url + "/stalled", **PLAIN)
     error = assert_refused_cleanly(server, baseline, body)
-    assert f"could not download {files.url}/stalled: no data arrived for {STALL_SECONDS} s" in error, error
-    assert len(files.requests) - before <= 3  # the stall budget is shared by every retry
+    assert f"could not download {file_server.url}/stalled: no data arrived for {STALL_SECONDS} s" in error, error
+    assert len(file_server.requests) - before <= 3  # the stall budget is shared by every retry
 
 
 @pytest.mark.parametrize("target", ["/loop", "file:///etc/passwd"])
-def test_a_redirect_loop_or_a_redirect_out_of_http_fails_at_once(server, baseline, files, target):
-    files.handlers["/loop"] = _redirect("/loop")
-    files.handlers["/to-file"] = _redirect("file:///etc/passwd")
+def test_a_redirect_loop_or_a_redirect_out_of_http_fails_at_once(server, baseline, file_server, target):
+    file_server.handlers["/loop"] = _redirect("/loop")
+    file_server.handlers["/to-file"] = _redirect("file:///etc/passwd")
     path = "/loop" if target == "/loop" else "/to-file"
-    before = len(files.requests)
-    body = server.predict_failed(replicate_weights=files.url + path, **PLAIN)
+    before = len(file_server.requests)
+    body = server.predict_failed(replicate_weights=file_server.url + path, **PLAIN)
     error = assert_refused_cleanly(server, baseline, body)
     assert "a redirect loop or more than 10 redirects" in error, error
-    assert len(files.requests) - before <= 11  # followed once, not retried
+    assert len(file_server.requests) - before <= 11  # followed once, not retried
 
 
-def test_a_downloaded_file_that_is_refused_is_not_kept_and_not_quoted(server, baseline, files):
-    files.files["/page"] = SECRET
-    body = server.predict_failed(replicate_weights=files.url + "/page", **PLAIN)
+def test_a_downloaded_file_that_is_refused_is_not_kept_and_not_quoted(server, baseline, file_server):
+    file_server.files["/page"] = SECRET
+    body = server.predict_failed(replicate_weights=file_server.url + "/page", **PLAIN)
     error = assert_refused_cleanly(server, baseline, body)
     assert f"found {len(SECRET)} bytes of unknown data" in error, error
-    files.files["/html"] = page = b"<html><title>SECRET</title></html>"
-    body = server.predict_failed(replicate_weights=files.url + "/html", **PLAIN)
+    file_server.files["/html"] = page = b"<html><title>SECRET</title></html>"
+    body = server.predict_failed(replicate_weights=file_server.url + "/html", **PLAIN)
     error = assert_refused_cleanly(server, baseline, body)
     assert f"found a text file of {len(page)} bytes" in error, error
 
@@ -193,10 +179,10 @@ def test_a_bad_data_uri_fails_naming_the_input_and_leaves_nothing(server, baseli
 # --- what is accepted: URL, data: URI; the cache is private -------------------------------------
 
 
-def test_url_and_data_uri_give_the_same_lora_image_and_the_cache_is_private(server, baseline, files, lora_tar):
+def test_url_and_data_uri_give_the_same_lora_image_and_the_cache_is_private(server, baseline, file_server, lora_tar):
     assert cache_listing(server) == []
-    files.files["/good.tar"] = lora_tar
-    by_url = server.output_bytes(server.predict_ok(replicate_weights=files.url + "/good.tar", lora_scale=1.0, **PLAIN))
+    file_server.files["/good.tar"] = lora_tar
+    by_url = server.output_bytes(server.predict_ok(replicate_weights=file_server.url + "/good.tar", lora_scale=1.0, **PLAIN))
     assert by_url != [baseline]
     by_data = server.output_bytes(server.predict_ok(
         replicate_weights=Api.data_uri(lora_tar, "application/x-tar"), lora_scale=1.0, **PLAIN))
@@ -210,3 +196,5 @@ def test_url_and_data_uri_give_the_same_lora_image_and_the_cache_is_private(serv
         assert stat.S_IMODE(path.stat().st_mode) == want, (path, oct(path.stat().st_mode))
     [again] = server.output_bytes(server.predict_ok(**PLAIN))
     assert again == baseline, "the predictor is not back to the base model bitwise"
+    for entry in entries:  # the other tests, in any order, expect an empty cache (a refusal adds nothing)
+        shutil.rmtree(entry)

@@ -3,38 +3,18 @@ files of the same state), a set-up predictor, the plain diffusers oracle."""
 
 from __future__ import annotations
 
-import csv
 import shutil
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from helpers.media import make_prepared
 
 RES = 64
 PLAIN = dict(prompt="a photo of a dog")  # no trigger word: only a LoRA changes this image
-
-
-def make_prepared(root: Path, n: int = 2) -> Path:
-    """A directory as preprocess.prepare writes it: images/, masks/, captions.csv."""
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(exist_ok=True)
-    yy, xx = np.mgrid[0:RES, 0:RES] / RES
-    rows = []
-    for i in range(n):
-        img = np.stack([xx * 255, yy * 255, np.full_like(xx, 60 * i)], axis=-1)
-        img[((yy - 0.5) ** 2 + (xx - 0.5) ** 2) < (0.15 + 0.05 * i) ** 2] = [230, 40 * i, 90]
-        Image.fromarray(img.astype(np.uint8)).save(root / "images" / f"{i:04d}.png")
-        Image.fromarray(np.full((RES, RES), 255, np.uint8), mode="L").save(root / "masks" / f"{i:04d}.png")
-        rows.append({"image": f"images/{i:04d}.png", "mask": f"masks/{i:04d}.png", "caption": f"a photo of TOK {i}"})
-    with open(root / "captions.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["image", "mask", "caption"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +26,7 @@ def trained(tmp_path_factory):
     from training import TrainConfig, export, loop
 
     root = tmp_path_factory.mktemp("trained")
-    prepared = make_prepared(root / "prepared")
+    prepared = make_prepared(root / "prepared", resolution=RES, caption="a photo of TOK", full_masks=True)
     cfg = TrainConfig(seed=0, resolution=RES, train_batch_size=2, max_train_steps=4, lora_rank=4, lr_warmup_steps=0,
                       checkpointing_steps=1000, verbose=False, lora_lr=1e-2, ti_lr=1e-2).validate()
     threads = torch.get_num_threads()

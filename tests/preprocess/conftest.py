@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import csv
-import io
 import tarfile
-import zipfile
 from pathlib import Path
 
 import pytest
-from helpers.media import caption_csv, encode, picture
+from helpers.media import caption_csv, encode, picture, tar_bytes, zip_bytes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ZEKE = REPO_ROOT / ".." / "shared" / "datasets" / "zeke"
@@ -27,18 +25,12 @@ def png(size=(64, 48), seed=0) -> bytes:
 
 
 def make_zip(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
+    path.write_bytes(zip_bytes(members.items()))
     return path
 
 
 def make_tar(path: Path, members: dict[str, bytes], mode: str = "w") -> Path:
-    with tarfile.open(path, mode) as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
+    path.write_bytes(tar_bytes(members.items(), mode, fmt=tarfile.DEFAULT_FORMAT))
     return path
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from preprocess import PreprocessError, prepare
-from preprocess.images import load_image
+from preprocess.images import load_image_or_none
 from preprocess.intake import read_archive
 
 
@@ -82,7 +82,7 @@ def test_output_is_deterministic_and_rerun_replaces_it(tmp_path, kit):
 def test_image_formats(tmp_path, kit, fmt, suffix):
     path = tmp_path / f"x.{suffix}"
     path.write_bytes(kit.encode(kit.picture((40, 30)), fmt))
-    image = load_image(path, path.name)
+    image = load_image_or_none(path, path.name)
     assert image.mode == "RGB" and image.size == (40, 30)
 
 
@@ -95,7 +95,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6
     path = tmp_path / "phone.jpg"
     Image.fromarray(stored).save(path, "JPEG", exif=exif, quality=95)
-    upright = np.asarray(load_image(path, "phone.jpg"))
+    upright = np.asarray(load_image_or_none(path, "phone.jpg"))
     assert upright.shape == (60, 40, 3)  # portrait now
     assert upright[5, 20, 0] > 200 and upright[5, 20, 2] < 60  # red on top after a clockwise turn
     assert upright[55, 20, 2] > 200 and upright[55, 20, 0] < 60  # blue at the bottom
@@ -116,7 +116,7 @@ def test_modes_are_converted_to_rgb(tmp_path, kit):
     for name, data in cases.items():
         path = tmp_path / name
         path.write_bytes(data)
-        image = load_image(path, name)
+        image = load_image_or_none(path, name)
         assert image.mode == "RGB", name
         got[name] = np.asarray(image)
     assert abs(int(got["sixteen.png"].mean()) - 128) <= 1  # scaled from 16 bits, not clipped to white
