@@ -7,7 +7,7 @@
     .venv/bin/python -m bench --device cuda [--compile]
 
 ``--compare REV`` checks REV and ``--against`` (default HEAD) out as git worktrees in a temporary directory outside
-the repository, puts THIS checkout's bench/ (and tests/helpers/, the baselines) into both, runs each selected part on
+the repository, puts THIS checkout's bench/ (and devkit/, the baselines) into both, runs each selected part on
 both (interleaved: before, after, before, after, ...), removes the worktrees, and prints the figures side by side with
 the after/before ratio of our time. Nothing is patched: "before" is the code as it was at REV.
 """
@@ -54,13 +54,13 @@ def selection(a) -> list[str]:
 
 
 def worktree(rev: str, parent: Path) -> Path:
-    """A detached worktree of ``rev`` under ``parent`` with this checkout's bench/ and tests/helpers/ in it."""
+    """A detached worktree of ``rev`` under ``parent`` with this checkout's bench/ and devkit/ in it."""
     sha = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=common.REPO, check=True,
                          capture_output=True, text=True).stdout.strip()
     path = parent / sha[:10]
     subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(path), sha], cwd=common.REPO, check=True)
     ignore = shutil.ignore_patterns("__pycache__", "results")
-    for sub in ("bench", "tests/helpers"):
+    for sub in ("bench", "devkit"):
         shutil.rmtree(path / sub, ignore_errors=True)
         shutil.copytree(common.REPO / sub, path / sub, ignore=ignore)
     return path
@@ -147,7 +147,7 @@ def load_average() -> str:
 
 def print_compare(before: list[Row], after: list[Row], file=sys.stdout) -> None:
     """One line per figure: before (ours, ratio), after (ours, ratio), after/before of ours."""
-    fmt = common._fmt
+    fmt = common.format_value
     index = {(r.area, r.figure): r for r in before}
     keys = [(r.area, r.figure) for r in after] + [k for k in index if k not in {(r.area, r.figure) for r in after}]
     by_after = {(r.area, r.figure): r for r in after}

@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# the baselines are the tests' own helpers (tests/helpers/oracle.py, reference_tars.py): one copy of that code
-if str(REPO / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests"))
+# the baselines are the tests' own (devkit/oracle.py, reference_tars.py): one copy of that code; the children the
+# bench starts run from other folders, so the checkout is put on the path for them
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 # ---------------------------------------------------------------- arguments
@@ -149,7 +150,7 @@ def read_rows(path: Path) -> list[Row]:
     return [Row(**r) for r in json.loads(path.read_text())]
 
 
-def _fmt(v: float | None, unit: str) -> str:
+def format_value(v: float | None, unit: str) -> str:
     if v is None:
         return "-"
     if unit == "s":
@@ -164,8 +165,8 @@ def print_table(rows: list[Row], file=sys.stdout) -> None:
     lines = []
     for r in rows:
         target = "" if r.target is None else (
-            f"<= {_fmt(r.target, r.unit)}" if r.absolute else f"<= {r.target:.2f}x")
-        lines.append((r.area, r.figure, _fmt(r.ours, r.unit), _fmt(r.baseline, r.unit),
+            f"<= {format_value(r.target, r.unit)}" if r.absolute else f"<= {r.target:.2f}x")
+        lines.append((r.area, r.figure, format_value(r.ours, r.unit), format_value(r.baseline, r.unit),
                       "" if r.ratio is None else f"{r.ratio:.3f}x", target, r.verdict, r.note))
     print_grid(head, lines, file)
 

@@ -61,7 +61,7 @@ def _to_bf16(models) -> None:
 
 def time_sdxl(size: str, px: int, steps: int, repeats: int) -> tuple[float, list[float]]:
     predictor = common.make_predictor(size, "cpu")
-    from helpers.oracle import DEFAULTS
+    from devkit.oracle import DEFAULTS
 
     def run(n):
         return predictor.predict(**{**DEFAULTS, "prompt": PROMPT, "width": px, "height": px,

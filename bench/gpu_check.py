@@ -313,8 +313,7 @@ def predict_modes(check: Check) -> None:
 
 
 def lora_tars(check: Check, unet) -> list[Path]:
-    sys.path.insert(0, str(REPO / "tests"))
-    from helpers.reference_tars import reference_lora_tar
+    from devkit.reference_tars import reference_lora_tar
 
     os.environ["SDXL_LOCAL_WEIGHTS_DIR"] = str(check.tmp)  # the operator's opt-in for the tars named by path
     return [reference_lora_tar(check.tmp / f"lora{i}" / "trained_model.tar", unet, rank=32, seed=i,

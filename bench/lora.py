@@ -24,7 +24,7 @@ RANK = {"tiny": 4, "full": 32}
 
 
 def _reference_lora_tar():
-    from helpers.reference_tars import reference_lora_tar
+    from devkit.reference_tars import reference_lora_tar
 
     return reference_lora_tar
 

@@ -72,17 +72,17 @@ def child_convert(stage: str) -> dict:
     if stage == "refiner":  # not measured: so that the sides' setup() finds every IR cached
         refiner = weights.resolve("sdxl-refiner")
         for precision in ("fp32", "int8"):
-            ob.converted(refiner, "unet", "unet", precision, ob._export_unet(refiner, time_ids=5))
+            ob.converted(refiner, "unet", "unet", precision, ob.export_unet(refiner, time_ids=5))
     elif stage == "rest":
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
         for name, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
-            ob.converted(base, name, "text", "fp32", ob._export_text(base, name, cls))
+            ob.converted(base, name, "text", "fp32", ob.export_text(base, name, cls))
         for part in ("decoder", "encoder"):
-            ob.converted(base, "vae", part, "fp32", ob._export_vae(base, part))
+            ob.converted(base, "vae", part, "fp32", ob.export_vae(base, part))
     else:
         precision = stage.split("-")[1]
-        xml = ob.converted(base, "unet", "unet", precision, ob._export_unet(base, time_ids=6))
+        xml = ob.converted(base, "unet", "unet", precision, ob.export_unet(base, time_ids=6))
     seconds = time.perf_counter() - start
     out = {"seconds": seconds, "peak_rss": common.peak_rss()}
     if stage.startswith("unet"):
@@ -158,7 +158,7 @@ def child_side(side: str, size: str, quick: bool, outputs: Path, e2e: bool, setu
 
             unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", variant="fp16", dtype=torch.float32)
         else:
-            unet = openvino_backend._ov_unet(base, side.split("-")[0], time_ids=6)
+            unet = openvino_backend.converted_unet(base, side.split("-")[0], time_ids=6)
     sample, t, hidden, cond = unet_inputs(unet, 256)
     with torch.no_grad():
         call = lambda: unet(sample, t, encoder_hidden_states=hidden, added_cond_kwargs=cond, return_dict=False)[0]
@@ -192,7 +192,7 @@ def child_side(side: str, size: str, quick: bool, outputs: Path, e2e: bool, setu
 
 def lora_fallback(p, size: str) -> dict:
     """The first LoRA request on OpenVINO (loads the torch UNet, applies the LoRA), a second one, back to base."""
-    from helpers.reference_tars import reference_lora_tar
+    from devkit.reference_tars import reference_lora_tar
 
     from .predict_overhead import REQUEST
 

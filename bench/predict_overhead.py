@@ -19,7 +19,7 @@ from PIL import Image
 
 from . import common
 from .common import Row
-from helpers.oracle import DEFAULTS, Oracle  # noqa: E402  (common puts tests/ on sys.path)
+from devkit.oracle import DEFAULTS, Oracle  # noqa: E402  (common puts the checkout on sys.path)
 
 # every predict() input, explicitly (the defaults in predict.py are cog Input objects): the oracle's, checker off
 REQUEST = {**DEFAULTS, "disable_safety_checker": True}
@@ -38,7 +38,7 @@ def make_inputs(directory: Path, size: int) -> dict[str, Path]:
 
 
 class Baseline(Oracle):
-    """The tests' diffusers oracle (tests/helpers/oracle.py: plain pipelines called as the diffusers docs do, the
+    """The tests' diffusers oracle (devkit/oracle.py: plain pipelines called as the diffusers docs do, the
     same code the correctness tests compare against), built on the predictor's modules instead of loading its own
     copy (full size: the weights are in memory once), plus writing the PNG files predict() returns."""
 

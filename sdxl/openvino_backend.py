@@ -225,7 +225,7 @@ def _variant(directory: Path) -> str | None:
     return "fp16" if any(directory.glob("*.fp16.safetensors")) else None
 
 
-def _export_unet(directory: Path, time_ids: int):
+def export_unet(directory: Path, time_ids: int):
     from diffusers import UNet2DConditionModel
 
     def export():
@@ -244,7 +244,7 @@ def _export_unet(directory: Path, time_ids: int):
     return export
 
 
-def _export_text(directory: Path, component: str, cls):
+def export_text(directory: Path, component: str, cls):
     def export():
         encoder = cls.from_pretrained(directory, subfolder=component, variant=_variant(directory / component),
                                       use_safetensors=True, dtype=torch.float16)
@@ -257,7 +257,7 @@ def _export_text(directory: Path, component: str, cls):
     return export
 
 
-def _export_vae(directory: Path, part: str):
+def export_vae(directory: Path, part: str):
     from diffusers import AutoencoderKL
 
     def export():
@@ -497,11 +497,11 @@ def _load_torch(directory: Path, name: str):
                                dtype=torch.float32)
 
 
-def _ov_unet(directory: Path, precision: str, time_ids: int) -> OVUNet:
+def converted_unet(directory: Path, precision: str, time_ids: int) -> OVUNet:
     """``time_ids``: 6 for the base (size, crop, target size), 5 for the refiner (aesthetic score instead)."""
     from diffusers import UNet2DConditionModel
 
-    xml = converted(directory, "unet", "unet", precision, _export_unet(directory, time_ids))
+    xml = converted(directory, "unet", "unet", precision, export_unet(directory, time_ids))
     return OVUNet(compile_ir(xml, inference_precision()), _meta(UNet2DConditionModel, directory, "unet"))
 
 
@@ -516,24 +516,24 @@ def load_pipelines(base_dir: Path, refiner_dir: Path):
     index = json.loads((base_dir / "model_index.json").read_text())
     texts = {}
     for name, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
-        xml = converted(base_dir, name, "text", "fp32", _export_text(base_dir, name, cls))
+        xml = converted(base_dir, name, "text", "fp32", export_text(base_dir, name, cls))
         texts[name] = OVTextEncoder(compile_ir(xml), _meta(cls, base_dir, name), _embedding(base_dir, name))
-    decoder = converted(base_dir, "vae", "decoder", "fp32", _export_vae(base_dir, "decoder"))
-    encoder = converted(base_dir, "vae", "encoder", "fp32", _export_vae(base_dir, "encoder"))
+    decoder = converted(base_dir, "vae", "decoder", "fp32", export_vae(base_dir, "decoder"))
+    encoder = converted(base_dir, "vae", "encoder", "fp32", export_vae(base_dir, "encoder"))
     vae = OVVae(compile_ir(decoder), compile_ir(encoder), _meta(AutoencoderKL, base_dir, "vae"))
     scheduler_cls = getattr(diffusers, index["scheduler"][1])
     base = StableDiffusionXLPipeline(
         vae=vae, **texts,
         tokenizer=CLIPTokenizer.from_pretrained(base_dir / "tokenizer"),
         tokenizer_2=CLIPTokenizer.from_pretrained(base_dir / "tokenizer_2"),
-        unet=_ov_unet(base_dir, precision, time_ids=6),
+        unet=converted_unet(base_dir, precision, time_ids=6),
         scheduler=scheduler_cls.from_pretrained(base_dir, subfolder="scheduler"),
         force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True),
         add_watermarker=False,
     )
     refiner = StableDiffusionXLImg2ImgPipeline(
         vae=vae, text_encoder=None, text_encoder_2=base.text_encoder_2, tokenizer=None,
-        tokenizer_2=base.tokenizer_2, unet=_ov_unet(refiner_dir, precision, time_ids=5),
+        tokenizer_2=base.tokenizer_2, unet=converted_unet(refiner_dir, precision, time_ids=5),
         scheduler=scheduler_cls.from_pretrained(refiner_dir, subfolder="scheduler"),
         requires_aesthetics_score=True, force_zeros_for_empty_prompt=False, add_watermarker=False,
     )

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-pytest_plugins = ["helpers.fixtures"]  # predictor, run
+pytest_plugins = ["devkit.fixtures"]  # predictor, run
 
 os.environ["SDXL_WEIGHTS"] = "tiny"
 os.environ["SDXL_BACKEND"] = "torch"  # the oracle tests compare torch bitwise; OpenVINO tests opt in per fixture

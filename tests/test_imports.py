@@ -1,4 +1,4 @@
-"""No module uses another module's private (``_``-prefixed) names, and only tests import the test helpers.
+"""No module uses another module's private (``_``-prefixed) names, and the product never imports the dev kit.
 
 A leading underscore says "may change without notice": a caller elsewhere that reaches for it ties two
 modules together where nobody sees it (fuzz once called ``preprocess.dataset``'s private readers; a rename
@@ -17,16 +17,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PROJECT_PACKAGES = {"sdxl", "training", "preprocess", "weights", "cogrun", "fuzz", "bench", "scripts"}
 PROJECT_MODULES = {"predict", "predict_turbo", "train"}
-TEST_HELPERS = {"helpers"}  # tests/helpers, on sys.path for the tests (pytest.ini pythonpath)
+DEV_KIT = {"devkit"}  # development support: tests/, bench/ and fuzz/ use it, the product never does
+DEV_FOLDERS = ("tests/", "bench/", "fuzz/", "devkit/", "scripts/")
 
-# Known offenders, left for the branches that own these files: these lists are to be emptied, not grown.
-# Entries are (file or folder/, the name it uses).
-ALLOWED_PRIVATE = {
-    ("weights/tiny_aux.py", "weights.tiny_sdxl._tokenizer"),  # borrows tiny_sdxl's CLIP tokenizer builder
-    ("bench/", "bench.common._fmt"),  # bench's report formatter, used by bench/__main__.py
-}
-# bench/common.py puts tests/ on sys.path and the benchmarks reuse the tests' oracle and reference tars.
-ALLOWED_TEST_HELPER_IMPORTS = {("bench/", "helpers.oracle"), ("bench/", "helpers.reference_tars")}
+# Exceptions: none. Entries are (file or folder/, the name it uses); keep these empty.
+ALLOWED_PRIVATE: set[tuple[str, str]] = set()
+ALLOWED_DEV_KIT_IMPORTS: set[tuple[str, str]] = set()
 
 
 def allowed(found: set[tuple[str, str]], allow: set[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -41,11 +37,9 @@ def project_files() -> list[Path]:
 
 
 def module_name(path: Path) -> str:
-    """The dotted name a file is imported as (tests/helpers/x.py -> helpers.x; tests/a/b.py -> tests.a.b)."""
+    """The dotted name a file is imported as (devkit/x.py -> devkit.x; tests/a/b.py -> tests.a.b)."""
     rel = path.relative_to(REPO).with_suffix("")
     parts = list(rel.parts)
-    if parts[:2] == ["tests", "helpers"]:
-        parts = parts[1:]
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
@@ -53,7 +47,7 @@ def module_name(path: Path) -> str:
 
 def is_project(dotted: str) -> bool:
     root = dotted.split(".")[0]
-    return root in PROJECT_PACKAGES | PROJECT_MODULES | TEST_HELPERS
+    return root in PROJECT_PACKAGES | PROJECT_MODULES | DEV_KIT
 
 
 def is_private(name: str) -> bool:
@@ -87,12 +81,12 @@ def uses(path: Path, text: str | None = None) -> tuple[set[str], set[str]]:
                 if is_project(alias.name):
                     bound[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
                     private |= {alias.name} if any(is_private(p) for p in alias.name.split(".")) else set()
-                    helpers |= {alias.name} if alias.name.split(".")[0] in TEST_HELPERS else set()
+                    helpers |= {alias.name} if alias.name.split(".")[0] in DEV_KIT else set()
         elif isinstance(node, ast.ImportFrom):
             source = resolve(node.module, node.level, here, path.name == "__init__.py")
             if not is_project(source):
                 continue
-            if source.split(".")[0] in TEST_HELPERS:
+            if source.split(".")[0] in DEV_KIT:
                 helpers.add(source)
             for alias in node.names:
                 full = f"{source}.{alias.name}"
@@ -118,13 +112,13 @@ def test_no_module_uses_another_modules_private_names():
     assert allowed(found, ALLOWED_PRIVATE) == set(), "make these public where they are defined"
 
 
-def test_only_tests_import_the_test_helpers():
+def test_the_product_never_imports_the_dev_kit():
     found = set()
     for path in project_files():
         rel = path.relative_to(REPO).as_posix()
-        if not rel.startswith("tests/"):
+        if not rel.startswith(DEV_FOLDERS):
             found |= {(rel, name) for name in uses(path)[1]}
-    assert allowed(found, ALLOWED_TEST_HELPER_IMPORTS) == set(), "a shared helper belongs in a project package"
+    assert allowed(found, ALLOWED_DEV_KIT_IMPORTS) == set(), "the product must not depend on development support"
 
 
 def test_the_check_sees_private_uses():
@@ -134,7 +128,7 @@ def test_the_check_sees_private_uses():
         "from preprocess.dataset import _a\n"
         "from preprocess import dataset\n"
         "import weights.cache as cache_mod\n"
-        "import helpers.media\n"
+        "import devkit.media\n"
         "dataset._b\n"
         "cache_mod._c()\n"
         "from . import _d\n"
@@ -143,4 +137,4 @@ def test_the_check_sees_private_uses():
     )
     private, helpers = uses(probe, text)
     assert private == {"preprocess.dataset._a", "preprocess.dataset._b", "weights.cache._c", "fuzz._d", "fuzz._e.f"}
-    assert helpers == {"helpers.media"}
+    assert helpers == {"devkit.media"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from helpers.oracle import DEFAULTS, Oracle
+from devkit.oracle import DEFAULTS, Oracle
 
 from sdxl.acceleration import Acceleration
 from sdxl.generate import Settings, generate

@@ -9,7 +9,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from helpers.oracle import DEFAULTS, ORACLE_SCHEDULERS
+from devkit.oracle import DEFAULTS, ORACLE_SCHEDULERS
 from PIL import Image
 
 import weights

@@ -9,8 +9,8 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from helpers.oracle import DEFAULTS
-from helpers.reference_tars import reference_lora_tar, reference_unet_tar
+from devkit.oracle import DEFAULTS
+from devkit.reference_tars import reference_lora_tar, reference_unet_tar
 from PIL import Image
 
 import weights

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.media import encode, picture, zip_bytes
+from devkit.media import encode, picture, zip_bytes
 
 from device.standin import cpu_numbers, on_cuda
 from preprocess import prepare

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.fewstep_oracle import TURBO_DEFAULTS, FewStepOracle
-from helpers.media import picture
+from devkit.fewstep_oracle import TURBO_DEFAULTS, FewStepOracle
+from devkit.media import picture
 from PIL import Image
 
 

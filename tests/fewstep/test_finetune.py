@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from helpers.fewstep_oracle import TURBO_DEFAULTS
-from helpers.reference_tars import reference_lora_tar
+from devkit.fewstep_oracle import TURBO_DEFAULTS
+from devkit.reference_tars import reference_lora_tar
 from PIL import Image
 
 import weights

@@ -10,8 +10,8 @@ import zipfile
 from PIL import Image
 
 from fuzz.targets import with_raw_zip_names, png_with_size  # noqa: F401  (re-exported for the tests)
-from helpers import media
-from helpers.media import caption_csv, encode, tar_bytes, zip_bytes  # noqa: F401  (re-exported)
+from devkit import media
+from devkit.media import caption_csv, encode, tar_bytes, zip_bytes  # noqa: F401  (re-exported)
 
 BOMB_BYTES = 64 * 1024**2  # zeros: deflate/gzip squeeze them ~1000x
 

@@ -14,8 +14,8 @@ from typing import Iterator
 import pytest
 
 from cogrun.serve import running_server
-from helpers.api import Api
-from helpers.http_files import FileServer
+from devkit.api import Api
+from devkit.http_files import FileServer
 
 FAST = {"width": 64, "height": 64, "num_inference_steps": 2, "seed": 1234}
 

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers.http_files import FileServer
+from devkit.http_files import FileServer
 from hostile.builders import photos_with_captions, zip_bytes
 
 import weights.cache as cache_mod
@@ -198,7 +198,7 @@ def no_generation(monkeypatch):
 
 
 def _predict(predictor, **overrides):
-    from helpers.oracle import DEFAULTS
+    from devkit.oracle import DEFAULTS
 
     return predictor.predict(**{**DEFAULTS, **overrides})
 

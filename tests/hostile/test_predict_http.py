@@ -131,7 +131,7 @@ def weight_files(tmp_path_factory) -> dict[str, bytes]:
     """Good and hostile trained-weights tars (bytes), served by the loopback file server."""
     import weights
     from diffusers import UNet2DConditionModel
-    from helpers.reference_tars import reference_lora_tar
+    from devkit.reference_tars import reference_lora_tar
 
     d = tmp_path_factory.mktemp("weights")
     unet = UNet2DConditionModel.from_pretrained(weights.resolve("sdxl-base"), subfolder="unet", variant="fp16")

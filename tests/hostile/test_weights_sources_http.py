@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.api import Api
+from devkit.api import Api
 from weights.sources import SHOWN_CHARS
 
 PLAIN = {"prompt": "a photo of a dog", "seed": 1234, "width": 64, "height": 64, "num_inference_steps": 2}
@@ -44,7 +44,7 @@ def baseline(server) -> bytes:
 def lora_tar(tmp_path_factory) -> bytes:
     import weights
     from diffusers import UNet2DConditionModel
-    from helpers.reference_tars import reference_lora_tar
+    from devkit.reference_tars import reference_lora_tar
 
     unet = UNet2DConditionModel.from_pretrained(weights.resolve("sdxl-base"), subfolder="unet", variant="fp16")
     return reference_lora_tar(tmp_path_factory.mktemp("lora") / "good.tar", unet).read_bytes()

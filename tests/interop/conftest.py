@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers.media import make_prepared
+from devkit.media import make_prepared
 
 RES = 64
 PLAIN = dict(prompt="a photo of a dog")  # no trigger word: only a LoRA changes this image
@@ -54,7 +54,7 @@ def base_image(run):
 
 @pytest.fixture(scope="session")
 def oracle():
-    from helpers.oracle import Oracle
+    from devkit.oracle import Oracle
 
     return Oracle(watermark=True)
 

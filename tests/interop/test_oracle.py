@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers.oracle import DEFAULTS, ORACLE_SCHEDULERS
+from devkit.oracle import DEFAULTS, ORACLE_SCHEDULERS
 from interop.lora_files import PLAIN, kohya_civitai
 from safetensors.torch import load_file
 
@@ -14,7 +14,7 @@ SCALE = 0.6
 
 
 def oracle_image(oracle, prompt: str, scale: float = SCALE) -> np.ndarray:
-    """As helpers.oracle.Oracle does txt2img, with the LoRA scale the predictor passes."""
+    """As devkit.oracle.Oracle does txt2img, with the LoRA scale the predictor passes."""
     pipe = oracle.base
     pipe.scheduler = ORACLE_SCHEDULERS[DEFAULTS["scheduler"]](oracle.config)
     image = pipe(prompt=[prompt], negative_prompt=[DEFAULTS["negative_prompt"]], guidance_scale=DEFAULTS["guidance_scale"],

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.oracle import Oracle
-from helpers.reference_tars import reference_lora_tar, reference_unet_tar
+from devkit.oracle import Oracle
+from devkit.reference_tars import reference_lora_tar, reference_unet_tar
 from PIL import Image
 
 import weights

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from helpers.oracle import DEFAULTS
-from helpers.reference_tars import reference_lora_tar
+from devkit.oracle import DEFAULTS
+from devkit.reference_tars import reference_lora_tar
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -52,7 +52,7 @@ def test_trigger_word_becomes_the_new_tokens_in_both_encoders(predictor, run, lo
 
 def test_lora_delta_is_up_down_times_scale(run, lora_tar, fresh_unet, tmp_path):
     """Oracle: the legacy LoRA merged by hand (W + scale * up @ down) into a plain diffusers pipeline."""
-    from helpers.oracle import Oracle
+    from devkit.oracle import Oracle
 
     scale = 0.5
     ours = run(replicate_weights=str(lora_tar), lora_scale=scale, **PLAIN)[0]

@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers.oracle import ORACLE_SCHEDULERS
+from devkit.oracle import ORACLE_SCHEDULERS
 from safetensors.torch import load
 
 TOLERANCE = 1
@@ -44,7 +44,7 @@ def ov_predictor():
 
 @pytest.fixture(scope="module")
 def torch_predictor():
-    """A torch predictor of its own for the fine-tune comparisons: the shared one (helpers.fixtures) stays
+    """A torch predictor of its own for the fine-tune comparisons: the shared one (devkit.fixtures) stays
     untouched by them (a LoRA load + unload there moves later DDIM images by 1 level: see the report)."""
     from predict import Predictor
 
@@ -55,7 +55,7 @@ def torch_predictor():
 
 @pytest.fixture(scope="module")
 def run(torch_predictor):
-    from helpers.oracle import DEFAULTS
+    from devkit.oracle import DEFAULTS
     from PIL import Image
 
     def _run(**overrides):
@@ -66,7 +66,7 @@ def run(torch_predictor):
 
 @pytest.fixture(scope="session")
 def ov_run(ov_predictor):
-    from helpers.oracle import DEFAULTS
+    from devkit.oracle import DEFAULTS
     from PIL import Image
 
     def _run(**overrides):

@@ -5,7 +5,7 @@ Equality is bitwise: the predictor makes exactly the diffusers pipeline calls, o
 
 import numpy as np
 import pytest
-from helpers.oracle import ORACLE_SCHEDULERS, Oracle
+from devkit.oracle import ORACLE_SCHEDULERS, Oracle
 
 MODES = ["txt2img", "img2img", "inpaint"]
 REFINES = ["expert_ensemble_refiner", "base_image_refiner"]

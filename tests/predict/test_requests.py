@@ -96,7 +96,7 @@ def test_inpaint_mask_is_resized_to_the_image(run, oracle, inputs, tmp_path):
 
 @pytest.mark.parametrize("fmt, pil", [("png", "PNG"), ("webp", "WEBP"), ("jpg", "JPEG")])
 def test_output_formats(predictor, fmt, pil):
-    from helpers.oracle import DEFAULTS
+    from devkit.oracle import DEFAULTS
 
     paths = predictor.predict(**{**DEFAULTS, "output_format": fmt, "num_outputs": 2})
     assert [p.suffix for p in paths] == [f".{fmt}"] * 2
@@ -104,7 +104,7 @@ def test_output_formats(predictor, fmt, pil):
 
 
 def test_default_output_is_png_as_the_reference(predictor):
-    from helpers.oracle import DEFAULTS
+    from devkit.oracle import DEFAULTS
 
     (path,) = predictor.predict(**{**DEFAULTS, "output_format": "png"})
     assert path.name == "out-0.png"

@@ -7,7 +7,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from helpers.media import caption_csv, encode, picture, tar_bytes, zip_bytes
+from devkit.media import caption_csv, encode, picture, tar_bytes, zip_bytes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ZEKE = REPO_ROOT / ".." / "shared" / "datasets" / "zeke"

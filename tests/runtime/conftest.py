@@ -9,7 +9,7 @@ import pytest
 
 from cogrun import REPO_ROOT
 from cogrun.serve import running_server
-from helpers.api import Api
+from devkit.api import Api
 
 TINY = {"SDXL_WEIGHTS": "tiny"}
 FAST = {"width": 64, "height": 64, "num_inference_steps": 2}  # a few hundred milliseconds per image on CPU

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.http_files import FileServer
+from devkit.http_files import FileServer
 
 from cogrun import REPO_ROOT
 from cogrun.serve import running_server

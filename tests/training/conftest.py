@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.media import make_prepared
+from devkit.media import make_prepared
 
 from training import TrainConfig
 

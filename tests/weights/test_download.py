@@ -24,7 +24,7 @@ from weights.errors import ArchiveError, DownloadError
 from weights.cache import WeightsCache
 from weights.sources import fetch_url
 from weights.download import download
-from helpers.http_files import FileServer
+from devkit.http_files import FileServer
 
 KiB, MiB = 1024, 1024**2
 

@@ -13,7 +13,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from helpers.http_files import FileServer
+from devkit.http_files import FileServer
 
 import weights
 from weights import sets

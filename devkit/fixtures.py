@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.oracle import DEFAULTS
+from devkit.oracle import DEFAULTS
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,7 @@ def predictor():
 
 @pytest.fixture(scope="session")
 def run(predictor):
-    """Call predict() with helpers.oracle.DEFAULTS overridden; returns the images as uint8 arrays."""
+    """Call predict() with devkit.oracle.DEFAULTS overridden; returns the images as uint8 arrays."""
 
     def _run(**overrides):
         paths = predictor.predict(**{**DEFAULTS, **overrides})
