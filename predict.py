@@ -6,10 +6,7 @@ The inputs live here; the work lives in ``sdxl/`` (models, generation, fine-tune
 
 import logging
 import os
-import shutil
 import sys
-import tempfile
-from pathlib import Path as LocalPath
 from typing import List, Optional
 
 from cog import BaseRunner, Input, Path
@@ -17,10 +14,11 @@ from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLW
 
 from sdxl.checks import check_request
 from sdxl.generate import Settings, generate
-from sdxl.images import load_image_or_refuse, save_images
+from sdxl.images import OutputFolder, load_image_or_refuse
 from sdxl.models import load_all
 from sdxl.openvino_backend import make_finetunes
 from weights.cache import WeightsCache
+from weights.sources import weights_given_at_setup
 
 # The choices are the engine's tables (sdxl.schedulers.SCHEDULERS, sdxl.generate.REFINE_MODES,
 # sdxl.images.OUTPUT_FORMATS), written out as literals because cog's static parser (cog build) reads only this
@@ -41,11 +39,11 @@ class Predictor(BaseRunner):
         self.finetunes = make_finetunes(self.models)  # sdxl.finetune.FineTunes (its OpenVINO variant on OV)
         self.watermarker = StableDiffusionXLWatermarker()
         self.cache = WeightsCache.from_env()
-        self.default_weights = None if weights is None or str(weights) in ("", "weights") else str(weights)
+        self.default_weights = weights_given_at_setup(weights)
         if self.default_weights:
             log.info("loading trained weights given at setup (COG_WEIGHTS): %s", self.default_weights)
             self.finetunes.use(self.default_weights, self.cache, input_name="COG_WEIGHTS", operator_given=True)
-        self.out_dir: LocalPath | None = None
+        self.outputs = OutputFolder(prefix="sdxl-out-")
 
     def predict(
         self,
@@ -126,10 +124,7 @@ class Predictor(BaseRunner):
             seed = int.from_bytes(os.urandom(4), "big")
         log.info("Using seed: %d", seed)
 
-        if replicate_weights:
-            self.finetunes.use(replicate_weights, self.cache, input_name="replicate_weights")
-        else:
-            self.finetunes.use(self.default_weights, self.cache, input_name="COG_WEIGHTS", operator_given=True)
+        self.finetunes.use_for_request(replicate_weights, self.default_weights, self.cache)
         prompt = self.finetunes.rewrite_prompt(prompt)
         log.info("Prompt: %s", prompt)
 
@@ -161,7 +156,4 @@ class Predictor(BaseRunner):
         if not disable_safety_checker:
             images = self.models.safety.keep_safe(images)
 
-        if self.out_dir is not None:  # the previous prediction's files have been delivered by now
-            shutil.rmtree(self.out_dir, ignore_errors=True)
-        self.out_dir = LocalPath(tempfile.mkdtemp(prefix="sdxl-out-"))
-        return [Path(p) for p in save_images(images, self.out_dir, output_format, output_quality)]
+        return [Path(p) for p in self.outputs.save(images, output_format, output_quality)]

@@ -7,10 +7,7 @@ The inputs live here; the work is the SDXL engine's (``sdxl/``), as for predict.
 
 import logging
 import os
-import shutil
 import sys
-import tempfile
-from pathlib import Path as LocalPath
 from typing import List, Optional
 
 from cog import BaseRunner, Input, Path
@@ -19,9 +16,10 @@ from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLW
 from sdxl.fewstep import FewStepModels, plan_request
 from sdxl.finetune import FineTunes
 from sdxl.generate import Settings, generate
-from sdxl.images import load_image_or_refuse, save_images
+from sdxl.images import OutputFolder, load_image_or_refuse
 from sdxl.model_specs import MODEL_SPECS
 from weights.cache import WeightsCache
+from weights.sources import weights_given_at_setup
 
 # Literal lists: cog's static parser reads only this file's module-level literals (tests check that they
 # equal sdxl.model_specs.FEWSTEP_MODELS and sdxl.images.OUTPUT_FORMATS).
@@ -39,12 +37,12 @@ class Predictor(BaseRunner):
         self.finetunes: dict[str, FineTunes] = {}
         self.watermarker = StableDiffusionXLWatermarker()
         self.cache = WeightsCache.from_env()
-        self.default_weights = None if weights is None or str(weights) in ("", "weights") else str(weights)
+        self.default_weights = weights_given_at_setup(weights)
         if self.default_weights:
             log.info("loading trained weights given at setup (COG_WEIGHTS): %s", self.default_weights)
             self._finetunes(MODEL_NAMES[0]).use(self.default_weights, self.cache, input_name="COG_WEIGHTS",
                                                 operator_given=True)
-        self.out_dir: LocalPath | None = None
+        self.outputs = OutputFolder(prefix="sdxl-turbo-out-")
 
     def _finetunes(self, model: str) -> FineTunes:
         """The fine-tunes of ``model``; the other models' are taken off first (they share text encoders)."""
@@ -154,10 +152,7 @@ class Predictor(BaseRunner):
 
         models = self.models.get(model)
         finetunes = self._finetunes(model)
-        if replicate_weights:
-            finetunes.use(replicate_weights, self.cache, input_name="replicate_weights")
-        else:
-            finetunes.use(self.default_weights, self.cache, input_name="COG_WEIGHTS", operator_given=True)
+        finetunes.use_for_request(replicate_weights, self.default_weights, self.cache)
         prompt = finetunes.rewrite_prompt(prompt)
         log.info("Prompt: %s", prompt)
 
@@ -184,7 +179,4 @@ class Predictor(BaseRunner):
         if not disable_safety_checker:
             images = models.safety.keep_safe(images)
 
-        if self.out_dir is not None:  # the previous prediction's files have been delivered by now
-            shutil.rmtree(self.out_dir, ignore_errors=True)
-        self.out_dir = LocalPath(tempfile.mkdtemp(prefix="sdxl-turbo-out-"))
-        return [Path(p) for p in save_images(images, self.out_dir, output_format, output_quality)]
+        return [Path(p) for p in self.outputs.save(images, output_format, output_quality)]

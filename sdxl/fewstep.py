@@ -16,8 +16,6 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import (
-    StableDiffusionXLImg2ImgPipeline,
-    StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -34,7 +32,7 @@ from .checks import (
     strength_steps,
 )
 from .model_specs import MODEL_SPECS, ModelSpec
-from .models import Models, pick_device, variant_of
+from .models import Models, assemble, pick_device, variant_of
 from .safety import SafetyChecker
 
 log = logging.getLogger(__name__)
@@ -77,19 +75,7 @@ def load_model(spec: ModelSpec, device: str, dtype: torch.dtype, safety: SafetyC
     config = dict(base.scheduler.config)
     if spec.timestep_spacing:
         config["timestep_spacing"] = spec.timestep_spacing
-    models = Models(
-        device=device,
-        dtype=dtype,
-        base=base,
-        img2img=StableDiffusionXLImg2ImgPipeline.from_pipe(base, dtype=dtype),
-        inpaint=StableDiffusionXLInpaintPipeline.from_pipe(base, dtype=dtype),
-        refiner=None,
-        safety=safety,
-        scheduler_config=config,
-        refiner_scheduler_config=None,
-    )
-    for pipe in (models.base, models.img2img, models.inpaint):
-        pipe.set_progress_bar_config(disable=True)
+    models = assemble(base, None, safety, device, dtype, scheduler_config=config)
     return models
 
 

@@ -59,6 +59,14 @@ class FineTunes:
                 trained = self.read(path, input_name=input_name, source=source)
             self.apply(trained)
 
+    def use_for_request(self, replicate_weights: str | None, default_weights: str | None, cache: WeightsCache) -> None:
+        """A request's weights: its ``replicate_weights`` (a user's value), else the deployment's COG_WEIGHTS (the
+        operator's, which may be any path), else the base model."""
+        if replicate_weights:
+            self.use(replicate_weights, cache, input_name="replicate_weights")
+        else:
+            self.use(default_weights, cache, input_name="COG_WEIGHTS", operator_given=True)
+
     def read(self, path: Path, *, input_name: str, source: str) -> TrainedWeights:
         """Read and check ``path`` (a directory or a single file) without touching the pipeline."""
         return read_weights(path, self.shapes, input_name=input_name, source=source)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -67,3 +69,18 @@ def save_images(images: list[Image.Image], out_dir: Path, output_format: str, ou
             image.save(path, fmt, quality=output_quality)
         paths.append(path)
     return paths
+
+
+class OutputFolder:
+    """A fresh folder for each prediction's images; the previous prediction's folder is removed then (its files
+    have been delivered by the time the next prediction runs), so outputs do not pile up."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.current: Path | None = None
+
+    def save(self, images: list[Image.Image], output_format: str, output_quality: int) -> list[Path]:
+        if self.current is not None:
+            shutil.rmtree(self.current, ignore_errors=True)
+        self.current = Path(tempfile.mkdtemp(prefix=self.prefix))
+        return save_images(images, self.current, output_format, output_quality)

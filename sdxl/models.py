@@ -83,6 +83,28 @@ def load_refiner(directory: Path, base: StableDiffusionXLPipeline) -> StableDiff
     return refiner.to(base.device)
 
 
+def assemble(base: StableDiffusionXLPipeline, refiner: StableDiffusionXLImg2ImgPipeline | None,
+             safety: SafetyChecker, device: str, dtype: torch.dtype, scheduler_config: dict | None = None) -> Models:
+    """The :class:`Models` of one base pipeline: img2img and inpaint share its modules, the scheduler configs
+    are the weights' own (``scheduler_config`` overrides the base's, e.g. a few-step model's spacing)."""
+    models = Models(
+        device=device,
+        dtype=dtype,
+        base=base,
+        # from_pipe converts the modules it shares to ``dtype`` (fp32 when not given): pass ours
+        img2img=StableDiffusionXLImg2ImgPipeline.from_pipe(base, dtype=dtype),
+        inpaint=StableDiffusionXLInpaintPipeline.from_pipe(base, dtype=dtype),
+        refiner=refiner,
+        safety=safety,
+        scheduler_config=scheduler_config or base.scheduler.config,
+        refiner_scheduler_config=refiner.scheduler.config if refiner is not None else None,
+    )
+    for pipe in (models.base, models.img2img, models.inpaint, models.refiner):
+        if pipe is not None:
+            pipe.set_progress_bar_config(disable=True)
+    return models
+
+
 def load_all(device: str | None = None, dtype: torch.dtype | None = None) -> Models:
     """Everything the predictor needs, once; ``device``/``dtype`` default to :func:`pick_device`."""
     if device is None or dtype is None:
@@ -97,22 +119,9 @@ def load_all(device: str | None = None, dtype: torch.dtype | None = None) -> Mod
         base = load_base(weights.resolve("sdxl-base"), acceleration.load_device(device), dtype)
         refiner = load_refiner(weights.resolve("sdxl-refiner"), base)
     safety = SafetyChecker(weights.resolve("safety-checker"), device, dtype)
-    models = Models(
-        device=device,
-        dtype=dtype,
-        base=base,
-        # from_pipe converts the modules it shares to ``dtype`` (fp32 when not given): pass ours
-        img2img=StableDiffusionXLImg2ImgPipeline.from_pipe(base, dtype=dtype),
-        inpaint=StableDiffusionXLInpaintPipeline.from_pipe(base, dtype=dtype),
-        refiner=refiner,
-        safety=safety,
-        scheduler_config=base.scheduler.config,
-        refiner_scheduler_config=refiner.scheduler.config,
-    )
+    models = assemble(base, refiner, safety, device, dtype)
     if isinstance(base.unet, openvino_backend.OVUNet):
         openvino_backend.attach(models, weights.resolve("sdxl-base"))
-    for pipe in (models.base, models.img2img, models.inpaint, models.refiner):
-        pipe.set_progress_bar_config(disable=True)
     models.speed = acceleration.accelerate(models)
     log.info("models loaded on %s (%s) in %.1fs", device, dtype, time.monotonic() - start)
     return models

@@ -43,6 +43,12 @@ SHOWN_CHARS = 120  # a value quoted in a message is cut to this
 _HF_REPO = re.compile(r"^(?:hf:|huggingface:)?(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96})$")
 
 
+def weights_given_at_setup(value) -> str | None:
+    """``COG_WEIGHTS`` as cog hands it to ``setup(weights=...)``: None when unset (cog passes None, "" or the
+    placeholder "weights" then)."""
+    return None if value is None or str(value) in ("", "weights") else str(value)
+
+
 @contextlib.contextmanager
 def local_weights(value: str, cache: WeightsCache, *, input_name: str, operator_given: bool = False,
                   progress: Progress | None = None) -> Iterator[Path]:
