@@ -81,3 +81,17 @@ def make_prepared(root: Path, n: int = 2, resolution: int = 64, caption: str = "
         writer.writeheader()
         writer.writerows(rows)
     return root
+
+
+def init_image_and_mask(directory: Path, square: bool = True) -> dict[str, Path]:
+    """A 64x64 init image (a gradient, with a red square when ``square``) and an inpaint mask (white square =
+    repaint) as PNG files in ``directory``: the inputs of the img2img / inpaint tests."""
+    y, x = np.mgrid[0:64, 0:64]
+    rgb = np.stack([x * 4, y * 4, (x + y) * 2], axis=-1).astype(np.uint8)
+    if square:
+        rgb[20:44, 20:44] = (250, 40, 40)
+    Image.fromarray(rgb).save(directory / "image.png")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    Image.fromarray(mask).save(directory / "mask.png")
+    return {"image": directory / "image.png", "mask": directory / "mask.png"}

@@ -30,15 +30,6 @@ def base_dir():
     return weights.resolve("sdxl-base")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine, spinning intra-op threads make runs slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _fresh_accelerator_state():
     """accelerate's state is a process-wide singleton fixed by the first Accelerator (its device and mixed

@@ -9,8 +9,8 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from devkit.media import init_image_and_mask
 from devkit.oracle import DEFAULTS, ORACLE_SCHEDULERS
-from PIL import Image
 
 import weights
 from device.test_predict import MODES, SMALL, predict
@@ -33,13 +33,7 @@ def half(request):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("half-inputs")
-    y, x = np.mgrid[0:64, 0:64]
-    Image.fromarray(np.stack([x * 4, y * 4, (x + y) * 2], -1).astype(np.uint8)).save(d / "image.png")
-    mask = np.zeros((64, 64), np.uint8)
-    mask[16:48, 16:48] = 255
-    Image.fromarray(mask).save(d / "mask.png")
-    return {"image": d / "image.png", "mask": d / "mask.png"}
+    return init_image_and_mask(tmp_path_factory.mktemp("half-inputs"), square=False)
 
 
 def test_every_mode_in_half_precision(half, files):

@@ -9,6 +9,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from devkit.media import init_image_and_mask
 from devkit.oracle import DEFAULTS
 from devkit.reference_tars import reference_lora_tar, reference_unet_tar
 from PIL import Image
@@ -33,13 +34,9 @@ def files(tmp_path_factory):
     from diffusers import UNet2DConditionModel
 
     d = tmp_path_factory.mktemp("device-inputs")
-    y, x = np.mgrid[0:64, 0:64]
-    Image.fromarray(np.stack([x * 4, y * 4, (x + y) * 2], -1).astype(np.uint8)).save(d / "image.png")
-    mask = np.zeros((64, 64), np.uint8)
-    mask[16:48, 16:48] = 255
-    Image.fromarray(mask).save(d / "mask.png")
+    images = init_image_and_mask(d, square=False)
     unet = UNet2DConditionModel.from_pretrained(weights.resolve("sdxl-base"), subfolder="unet", variant="fp16")
-    return {"image": d / "image.png", "mask": d / "mask.png",
+    return {**images,
             "lora": reference_lora_tar(d / "lora" / "trained_model.tar", unet),
             "unet": reference_unet_tar(d / "unet" / "trained_model.tar", unet)}
 

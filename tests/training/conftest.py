@@ -54,15 +54,6 @@ def _deterministic():
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine, spinning intra-op threads make runs 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(name="small_config", scope="session")
 def small_config_fixture():
     return small_config
