@@ -5,7 +5,6 @@ The inputs live here; the work lives in ``sdxl/`` (models, generation, fine-tune
 """
 
 import logging
-import os
 import sys
 from typing import List, Optional
 
@@ -13,8 +12,8 @@ from cog import BaseRunner, Input, Path
 from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLWatermarker
 
 from sdxl.checks import check_request
-from sdxl.generate import Settings, generate
-from sdxl.images import OutputFolder, load_image_or_refuse
+from sdxl.generate import Settings, generate, seed_or_random
+from sdxl.images import OutputFolder, load_request_images
 from sdxl.models import load_all
 from sdxl.openvino_backend import make_finetunes
 from weights.cache import WeightsCache
@@ -118,11 +117,8 @@ class Predictor(BaseRunner):
             refiner_scheduler_config=self.models.refiner_scheduler_config,
             seed=seed,
         )
-        init_image = load_image_or_refuse(image, name="image") if image is not None else None
-        mask_image = load_image_or_refuse(mask, name="mask", mode="L") if mask is not None else None
-        if seed is None:
-            seed = int.from_bytes(os.urandom(4), "big")
-        log.info("Using seed: %d", seed)
+        init_image, mask_image = load_request_images(image, mask)
+        seed = seed_or_random(seed)
 
         self.finetunes.use_for_request(replicate_weights, self.default_weights, self.cache)
         prompt = self.finetunes.rewrite_prompt(prompt)

@@ -6,7 +6,6 @@ The inputs live here; the work is the SDXL engine's (``sdxl/``), as for predict.
 """
 
 import logging
-import os
 import sys
 from typing import List, Optional
 
@@ -15,8 +14,8 @@ from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLW
 
 from sdxl.fewstep import FewStepModels, plan_request
 from sdxl.finetune import FineTunes
-from sdxl.generate import Settings, generate
-from sdxl.images import OutputFolder, load_image_or_refuse
+from sdxl.generate import Settings, generate, seed_or_random
+from sdxl.images import OutputFolder, load_request_images
 from sdxl.model_specs import MODEL_SPECS
 from weights.cache import WeightsCache
 from weights.sources import weights_given_at_setup
@@ -142,11 +141,8 @@ class Predictor(BaseRunner):
             has_mask=mask is not None,
             seed=seed,
         )
-        init_image = load_image_or_refuse(image, name="image") if image is not None else None
-        mask_image = load_image_or_refuse(mask, name="mask", mode="L") if mask is not None else None
-        if seed is None:
-            seed = int.from_bytes(os.urandom(4), "big")
-        log.info("Using seed: %d", seed)
+        init_image, mask_image = load_request_images(image, mask)
+        seed = seed_or_random(seed)
         log.info("%s: %dx%d, %d steps, guidance %g", model, plan.width, plan.height, plan.num_inference_steps,
                  plan.guidance_scale)
 

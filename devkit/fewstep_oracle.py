@@ -26,27 +26,20 @@ from safetensors.torch import load_file
 
 import weights
 
+from .oracle import DEFAULTS
+
 # predict_turbo's inputs as Cog passes them when the request names none
-TURBO_DEFAULTS = dict(
-    prompt="An astronaut riding a rainbow unicorn",
-    negative_prompt="",
-    image=None,
-    mask=None,
-    width=64,  # the tests' size; the predictor's own default (None) is the model's native size
-    height=64,
-    num_outputs=1,
-    num_inference_steps=None,
-    guidance_scale=None,
-    prompt_strength=0.5,
-    seed=1234,
-    model="sdxl-turbo",
-    apply_watermark=True,
-    lora_scale=0.6,
-    replicate_weights=None,
-    disable_safety_checker=False,
-    output_format="png",
-    output_quality=80,
-)
+# the inputs both predictors have start from the main oracle's DEFAULTS (width/height: the tests' size, where the
+# predictor's own default, None, is the model's native size); then the few-step model's own
+TURBO_DEFAULTS = {
+    **{k: DEFAULTS[k] for k in ("prompt", "negative_prompt", "image", "mask", "width", "height", "num_outputs",
+                                "seed", "apply_watermark", "lora_scale", "replicate_weights",
+                                "disable_safety_checker", "output_format", "output_quality")},
+    "num_inference_steps": None,
+    "guidance_scale": None,
+    "prompt_strength": 0.5,
+    "model": "sdxl-turbo",
+}
 
 AUTO_PIPELINES = {
     "txt2img": AutoPipelineForText2Image,

@@ -7,6 +7,7 @@ the same diffusers pipelines called with the same weights, seed and settings.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,14 @@ log = logging.getLogger(__name__)
 
 REFINE_MODES = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]  # predict.py offers these
 REFINER_STRENGTH = 0.3  # base_image_refiner: the refiner img2img's own default strength, as the reference ran it
+
+
+def seed_or_random(seed: int | None) -> int:
+    """The request's seed, or a random one when it names none (logged either way, so any image can be redone)."""
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "big")
+    log.info("Using seed: %d", seed)
+    return seed
 
 
 @dataclass(frozen=True)

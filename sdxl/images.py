@@ -58,6 +58,12 @@ def load_image_or_refuse(path: Path, *, name: str, mode: str = "RGB") -> Image.I
         raise InputImageError(f"{name}: the file could not be read as an image ({type(e).__name__}: {detail})") from e
 
 
+
+def load_request_images(image: Path | None, mask: Path | None) -> tuple[Image.Image | None, Image.Image | None]:
+    """A request's init image (RGB) and inpaint mask (L), each decoded and checked when given."""
+    return (load_image_or_refuse(image, name="image") if image is not None else None,
+            load_image_or_refuse(mask, name="mask", mode="L") if mask is not None else None)
+
 def save_images(images: list[Image.Image], out_dir: Path, output_format: str, output_quality: int) -> list[Path]:
     fmt = OUTPUT_FORMATS[output_format]
     paths = []
