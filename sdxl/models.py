@@ -84,7 +84,7 @@ def load_refiner(directory: Path, base: StableDiffusionXLPipeline) -> StableDiff
 
 
 def assemble(base: StableDiffusionXLPipeline, refiner: StableDiffusionXLImg2ImgPipeline | None,
-             safety: SafetyChecker, device: str, dtype: torch.dtype, scheduler_config: dict | None = None) -> Models:
+             safety: SafetyChecker | None, device: str, dtype: torch.dtype, scheduler_config: dict | None = None) -> Models:
     """The :class:`Models` of one base pipeline: img2img and inpaint share its modules, the scheduler configs
     are the weights' own (``scheduler_config`` overrides the base's, e.g. a few-step model's spacing)."""
     models = Models(

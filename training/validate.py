@@ -34,14 +34,11 @@ def images(weights_dir: Path, cfg: TrainConfig, base_dir: Path, out_dir: Path, c
     """Generate ``count`` images with the weights in ``weights_dir``; returns the PNG paths in ``out_dir``."""
     from sdxl.finetune import FineTunes
     from sdxl.generate import Settings, generate
-    from sdxl.models import Models, load_base, pick_device
+    from sdxl.models import assemble, load_base, pick_device
 
     device, dtype = pick_device()
     pipe = load_base(Path(base_dir), device, dtype)
-    pipe.set_progress_bar_config(disable=True)
-    # txt2img without refiner uses the base pipeline only
-    models = Models(device=device, dtype=dtype, base=pipe, img2img=None, inpaint=None, refiner=None, safety=None,
-                    scheduler_config=pipe.scheduler.config, refiner_scheduler_config={})
+    models = assemble(pipe, None, None, device, dtype)  # txt2img, no refiner, no safety checker
     finetunes = FineTunes(models)
     finetunes.apply(finetunes.read(Path(weights_dir), input_name="weights", source=str(weights_dir)))
     prompt = prompt_for(cfg)
