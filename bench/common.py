@@ -278,19 +278,21 @@ def make_predictor(size: str, device: str, compile: bool = False):
     return p
 
 
+_PEAK_ANON = [0]
+
+
 def rss_guard(limit_bytes: float | None = None) -> None:
     """Exit this process (code 86, with a message) if its RSS passes ``limit_bytes`` (default $BENCH_RSS_LIMIT_GB,
-    13 GB): the machine is shared, and an OOM kill would take other people's processes down with ours."""
+    13 GB): the machine is shared, and an OOM kill would take other people's processes down with ours.
+    Also records the peak anonymous memory (``peak_anon``)."""
     import threading
 
-    import psutil
-
     limit = limit_bytes or float(os.environ.get("BENCH_RSS_LIMIT_GB", "13")) * GB
-    proc = psutil.Process()
 
     def watch():
         while True:
             used = _rss_anon()  # anonymous memory: file-backed pages (mmap'd weights) are reclaimable
+            _PEAK_ANON[0] = max(_PEAK_ANON[0], used)
             if used > limit:
                 print(f"[bench] RSS {used / GB:.1f} GB passed the limit of {limit / GB:.1f} GB: exiting",
                       file=sys.stderr, flush=True)
@@ -298,6 +300,62 @@ def rss_guard(limit_bytes: float | None = None) -> None:
             time.sleep(0.05)
 
     threading.Thread(target=watch, daemon=True, name="rss-guard").start()
+
+
+class MemoryCgroup:
+    """A memory cgroup of this machine limited to ``limit`` bytes (page cache included, which the kernel reclaims
+    under the limit, as on a machine with that much RAM): ``wrap(cmd)`` runs a command in it, ``peak()`` is the
+    cgroup's peak usage, ``close()`` removes it. ``make`` returns None where the sandbox allows none (cgroup v1
+    ``memory`` or a cgroup v2 with the memory controller, writable: root)."""
+
+    def __init__(self, path: Path, v1: bool):
+        self.path, self.v1 = path, v1
+
+    @classmethod
+    def make(cls, limit: int) -> MemoryCgroup | None:
+        roots = [(Path("/sys/fs/cgroup/memory"), True), (Path("/sys/fs/cgroup/unified"), False),
+                 (Path("/sys/fs/cgroup"), False)]
+        for root, v1 in roots:
+            if v1 != (root / "memory.limit_in_bytes").exists():
+                continue
+            if not v1 and "memory" not in _read(root / "cgroup.subtree_control").split():
+                continue
+            path = root / f"bench-{os.getpid()}"
+            try:
+                path.mkdir(exist_ok=True)
+                (path / ("memory.limit_in_bytes" if v1 else "memory.max")).write_text(str(int(limit)))
+                return cls(path, v1)
+            except OSError:
+                _try_rmdir(path)
+        return None
+
+    def wrap(self, cmd: list[str]) -> list[str]:
+        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs"), *cmd]
+
+    def peak(self) -> int:
+        return int(_read(self.path / ("memory.max_usage_in_bytes" if self.v1 else "memory.peak")) or 0)
+
+    def close(self) -> None:
+        _try_rmdir(self.path)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _try_rmdir(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def peak_anon() -> int:
+    """The largest anonymous (not file-backed) RSS the guard saw, polled every 50 ms; 0 without rss_guard()."""
+    return max(_PEAK_ANON[0], _rss_anon())
 
 
 def _rss_anon() -> int:

@@ -226,8 +226,11 @@ def without_refiner(root: Path) -> Path:
     alt.mkdir(exist_ok=True)
     for name, target in (("sdxl-base", root / "sdxl-base"), ("safety-checker", root / "safety-checker"),
                          ("sdxl-refiner", _tiny_dir("sdxl-refiner"))):
-        if not (alt / name).exists():
-            (alt / name).symlink_to(target.resolve(), target_is_directory=True)
+        link = alt / name
+        if link.is_symlink() and link.resolve() != target.resolve():  # a dangling or stale link (a removed tiny set)
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(target.resolve(), target_is_directory=True)
     return alt
 
 

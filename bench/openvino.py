@@ -7,14 +7,20 @@ end to end per mode, memory, and int8 accuracy.
 Every side runs in its own child process (its own peak RSS; full-size torch fp32 and OpenVINO do not fit one
 box together), one after the other, in this order:
 
-1. ``convert``: the base UNet to fp32 IR (torch.jit.trace + openvino.convert_model, the fp16 weights kept fp16
+1. ``convert``: the base UNet to fp32 IR (torch.export + openvino.convert_model, the fp16 weights kept fp16
    with a Convert to f32), then int8 (nncf.compress_weights on that IR) in a second child, then the text encoders
-   and VAE (converted by setup). Time and peak RSS of each; the IR cache is emptied first.
-2. ``torch``, ``int8``, ``fp32``: ``Predictor.setup()`` after dropping the page cache (cold start; OpenVINO with the
-   IR cached), the UNet step (batch 2 = guidance, 256x256, the same seeded inputs on every side; min of 3 after a
-   warm-up), then predict() per mode at 256x256 (min of 2 after a warm-up; ``--quick``: 1). Full size skips the
-   ``fp32`` side's end-to-end runs (its compiled f32 weights take 10 GB) and uses the tiny refiner (memory): the
-   refiner modes are timed at tiny size only.
+   and VAE (converted by setup). Time, peak RSS and peak anonymous memory of each; the IR cache is emptied first.
+   At full size the two UNet stages run again inside a memory cgroup limited to 0.6x the fp32 UNet's bytes (a
+   machine with that much RAM: the kernel reclaims the mmap'd weight pages RSS counts), where root may make one.
+2. ``first-start``: ``Predictor.setup()`` on the converted IR: compiles it and writes OpenVINO's compiled-model
+   cache.
+3. ``torch``, ``int8``, ``fp32``, ``int8-bf16``: ``Predictor.setup()`` after dropping the page cache (cold start;
+   OpenVINO with the IR and the compiled models cached), the UNet step (batch 2 = guidance, 256x256, the same
+   seeded inputs on every side; min of 3 after a warm-up), then predict() per mode at 256x256 (min of 2 after a
+   warm-up, the first of which is timed as the first request; ``--quick``: 1). Full size skips the ``fp32``
+   side's end-to-end runs (its compiled f32 weights take 10 GB) and uses the tiny refiner (memory): the refiner
+   modes are timed at tiny size only. Torch fp32 runs end to end at full size when 20 GB of RAM are available;
+   otherwise its UNet alone, and its setup() loading fp16 (a lower bound).
 
 UNet outputs of the sides are compared (cosine, relative RMS against torch fp32).
 Full-size weights: bench/full_weights.py (random init, real SDXL shapes), as the other benchmarks.
@@ -37,6 +43,8 @@ from .common import GB, Row
 SIDES = ("torch", "int8", "fp32", "int8-bf16")
 # the issue's targets (ratios against torch fp32 in the same run)
 TARGET_STEP, TARGET_E2E, TARGET_CONVERT_RSS, TARGET_COLD = 0.5, 0.6, 0.6, 1.3
+# full-size torch fp32 end to end (~15 GB anonymous at its peak) runs when this much RAM is available (GB)
+TORCH_FP32_FREE_RAM = 20
 # optimum-intel's exporter on this box (issue 14): passed 12 GB RSS on the full-size base UNet and was stopped
 OPTIMUM_INTEL_NOTE = "optimum-intel's exporter passed 12 GB RSS on this UNet and was stopped (issue 14)"
 
@@ -84,7 +92,7 @@ def child_convert(stage: str) -> dict:
         precision = stage.split("-")[1]
         xml = ob.converted(base, "unet", "unet", precision, ob.export_unet(base, time_ids=6))
     seconds = time.perf_counter() - start
-    out = {"seconds": seconds, "peak_rss": common.peak_rss()}
+    out = {"seconds": seconds, "peak_rss": common.peak_rss(), "peak_anon": common.peak_anon()}
     if stage.startswith("unet"):
         out["ir_bytes"] = xml.with_suffix(".bin").stat().st_size
         out["fp32_unet_bytes"] = 4 * _unet_params(base)
@@ -133,13 +141,16 @@ def child_side(side: str, size: str, quick: bool, outputs: Path, e2e: bool, setu
         import openvino  # noqa: F401
     out: dict = {"modes": {}}
     if setup_only or e2e:
-        if setup_only:  # torch setup as on a GPU (fp16 files loaded as fp16, no conversion): what fits the RAM
+        if setup_only and side == "torch":  # torch setup as on a GPU (fp16 files loaded as fp16): fits the RAM
             common.force_dtype(torch.float16)
         dropped = common.drop_page_cache()
         start = time.perf_counter()
         p = predict.Predictor()
         p.setup()
         out.update(setup=time.perf_counter() - start, setup_rss=common.peak_rss(), dropped=dropped)
+        if setup_only and side != "torch":  # OpenVINO: compiles the IR, writes the compiled-model cache
+            out["peak_rss"] = common.peak_rss()
+            return out
         if setup_only:  # fp16 files loaded as fp16 may stay mmap'd, unread: touch every tensor (as cold_start.py)
             from .cold_start import touch
 
@@ -180,7 +191,8 @@ def child_side(side: str, size: str, quick: bool, outputs: Path, e2e: bool, setu
                     r["mask"] = None
             label = mode if r["refine"] == "no_refiner" else r["refine"]
             key = f"{label} {r['width']}x{r['height']} {r['num_inference_steps']} steps"
-            p.predict(**r)  # warm-up (OpenVINO: first inference at a new shape)
+            warm_up = common.timed(lambda: p.predict(**r))[0]  # warm-up (OpenVINO: first inference at a new shape)
+            out.setdefault("first_request", warm_up)  # the first request after setup: lazily read weights too
             runs = [common.timed(lambda: p.predict(**r))[0] for _ in range(1 if quick else 2)]
             out["modes"][key] = runs
         shutil.rmtree(inputs_dir, ignore_errors=True)
@@ -197,6 +209,7 @@ def lora_fallback(p, size: str) -> dict:
     from .predict_overhead import REQUEST
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ov-lora-"))
+    os.environ["SDXL_LOCAL_WEIGHTS_DIR"] = str(tmp)  # the operator's opt-in for the tar named by path
     tar = reference_lora_tar(tmp / "lora.tar", p.models.base.unet.meta,  # shapes only: the torch UNet loads on use
                              te_dims=tuple(e.get_input_embeddings().embedding_dim for e in
                                            (p.models.base.text_encoder, p.models.base.text_encoder_2)))
@@ -230,12 +243,12 @@ def child_main(argv) -> None:
 # ---------------------------------------------------------------- parent
 
 
-def run_child(args: list[str], env: dict) -> dict:
+def run_child(args: list[str], env: dict, cgroup: common.MemoryCgroup | None = None) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
     cmd = [sys.executable, "-m", "bench.openvino", *args, "--json", str(out)]
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=common.REPO, env={**os.environ, **env})
+    proc = subprocess.run(cgroup.wrap(cmd) if cgroup else cmd, cwd=common.REPO, env={**os.environ, **env})
     print(f"[bench] openvino {' '.join(args)}: {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
@@ -243,6 +256,35 @@ def run_child(args: list[str], env: dict) -> dict:
     out.unlink(missing_ok=True)
     print(f"[bench] openvino {' '.join(args)}: {json.dumps(result)}", file=sys.stderr, flush=True)
     return result
+
+
+def convert_in_cgroup(size: str, fp32_bytes: int, weights_dir: Path) -> dict | None:
+    """The base UNet converted again (fp32 IR, then int8), into an empty IR cache, each stage inside a memory
+    cgroup limited to TARGET_CONVERT_RSS x the fp32 UNet bytes: a machine with that much RAM. None where no
+    cgroup can be made (or at tiny size, where python and torch alone pass the limit)."""
+    if size != "full":
+        return None
+    limit = int(TARGET_CONVERT_RSS * fp32_bytes)
+    cgroup = common.MemoryCgroup.make(limit)
+    if cgroup is None:
+        print("note: no memory cgroup here (needs root and cgroup v1 memory or v2): conversion not run under "
+              "a memory limit", file=sys.stderr)
+        return None
+    cache = Path(tempfile.mkdtemp(prefix="bench-ov-cgroup-", dir=weights_dir))
+    out: dict = {"limit": limit}
+    try:
+        for stage in ("unet-fp32", "unet-int8"):
+            try:
+                got = run_child(["--child", f"convert:{stage}", "--size", size], {"SDXL_OPENVINO_CACHE": str(cache)},
+                                cgroup)
+                out[stage] = {**got, "cgroup_peak": cgroup.peak()}
+            except RuntimeError as e:  # killed by the cgroup's OOM killer
+                out[stage] = {"failed": str(e), "cgroup_peak": cgroup.peak()}
+                break
+    finally:
+        cgroup.close()
+        shutil.rmtree(cache, ignore_errors=True)
+    return out
 
 
 def run(size: str, quick: bool) -> list[Row]:
@@ -265,33 +307,49 @@ def run(size: str, quick: bool) -> list[Row]:
         conv = {stage: run_child(["--child", f"convert:{stage}", "--size", size], env)
                 for stage in ("unet-fp32", "unet-int8", "rest", "refiner")}
         fp32_bytes = conv["unet-fp32"]["fp32_unet_bytes"]
-        for stage, what in (("unet-fp32", "base UNet -> fp32 IR (trace + convert_model)"),
+        for stage, what in (("unet-fp32", "base UNet -> fp32 IR (torch.export + convert_model)"),
                             ("unet-int8", "fp32 IR -> int8 (nncf.compress_weights)")):
             c = conv[stage]
             rows.append(Row(area, f"convert {what}: time (info)", c["seconds"], None,
                             note=f"IR .bin {c['ir_bytes'] / GB:.2f} GB"))
-            rows.append(Row(area, f"convert {what}: peak RSS vs fp32 UNet bytes", c["peak_rss"], fp32_bytes,
-                            TARGET_CONVERT_RSS, unit="B", note=OPTIMUM_INTEL_NOTE if size == "full" else ""))
+            rows.append(Row(area, f"convert {what}: peak RSS vs fp32 UNet bytes (info)", c["peak_rss"], fp32_bytes,
+                            unit="B", note=f"RSS counts the mmap'd weight files' pages; anonymous memory peak "
+                                           f"{c['peak_anon'] / GB:.2f} GB"
+                                           + (f"; {OPTIMUM_INTEL_NOTE}" if size == "full" else "")))
+        limited = convert_in_cgroup(size, fp32_bytes, weights.resolve("sdxl-base"))
+        if limited:
+            for stage, what in (("unet-fp32", "base UNet -> fp32 IR"), ("unet-int8", "fp32 IR -> int8")):
+                c = limited.get(stage)
+                if c is None:
+                    continue
+                done = "failed" not in c
+                rows.append(Row(area, f"convert {what} in a memory cgroup of {TARGET_CONVERT_RSS}x the fp32 UNet "
+                                      f"bytes: cgroup peak vs fp32 UNet bytes",
+                                c["cgroup_peak"] if done else None, fp32_bytes, TARGET_CONVERT_RSS, unit="B",
+                                note=(f"completed in {c['seconds']:.1f} s, process peak RSS {c['peak_rss'] / GB:.2f} GB"
+                                      if done else f"did not complete under {limited['limit'] / GB:.2f} GB: "
+                                                   f"{c['failed']}")))
         rows.append(Row(area, "convert text encoders + VAE (decoder, encoder): time (info)", conv["rest"]["seconds"],
                         None, note=f"peak RSS {conv['rest']['peak_rss'] / GB:.2f} GB"))
 
-        got = {}
+        # the first start after conversion compiles the IR and writes OpenVINO's compiled-model cache
+        got = {"first-start": run_child(["--child", "int8", "--size", size, "--setup-only"], {**env, **env_for("int8")})}
         notes = []
         for side in SIDES:
             args = ["--child", side, "--size", size, "--outputs", str(outputs)] + (["--quick"] if quick else [])
             if side == "int8-bf16" or size == "full" and side == "fp32":
                 args.append("--no-e2e")
+            extra = {}
             if size == "full" and side == "torch":
-                # torch fp32 end to end passed 15 GB anonymous RSS here (UNet 10.3 + text encoders 2.8 + VAE +
-                # activations) and was stopped: the UNet alone, and setup() timed in a second child loading fp16
-                # (no conversion: a lower bound of the fp32 setup)
-                args.append("--no-e2e")
-                notes.append("torch fp32 end to end not run at full size (passed 15 GB RSS on this 24 GB box); "
-                             "torch setup() measured loading fp16")
-                got["torch-setup"] = run_child(["--child", "torch", "--size", size, "--setup-only"],
-                                               {**env, **env_for("torch")})
-            # full-size torch fp32 (UNet 10.3 GB + text encoders 2.8 GB + VAE) passes the default 13 GB guard
-            extra = {"BENCH_RSS_LIMIT_GB": os.environ.get("BENCH_RSS_LIMIT_GB", "15")} if side == "torch" else {}
+                # torch fp32 end to end: UNet 10.3 GB + text encoders 2.8 GB + VAE + activations, ~15 GB anonymous
+                if common.free_ram() >= TORCH_FP32_FREE_RAM * GB:
+                    extra = {"BENCH_RSS_LIMIT_GB": os.environ.get("BENCH_RSS_LIMIT_GB", str(TORCH_FP32_FREE_RAM - 2))}
+                else:  # the UNet alone; setup() timed in a second child loading fp16 (a lower bound)
+                    args.append("--no-e2e")
+                    notes.append(f"torch fp32 end to end not run at full size: {common.free_ram() / GB:.1f} GB RAM "
+                                 f"available, it needs {TORCH_FP32_FREE_RAM} GB; torch setup() measured loading fp16")
+                    got["torch-setup"] = run_child(["--child", "torch", "--size", size, "--setup-only"],
+                                                   {**env, **env_for("torch")})
             got[side] = run_child(args, {**env, **env_for(side), **extra})
         if "torch-setup" in got:
             got["torch"].update({k: got["torch-setup"][k] for k in ("setup", "setup_rss", "dropped")})
@@ -321,11 +379,21 @@ def run(size: str, quick: bool) -> list[Row]:
             if got["fp32"]["modes"].get(key):
                 rows.append(Row(area, f"end to end fp32 IR vs torch fp32: {key} (info)", min(got["fp32"]["modes"][key]),
                                 min(t_runs)))
+        lower_bound = "; torch loaded fp16 (lower bound)" if "torch-setup" in got else ""
+        rows.append(Row(area, "first start after conversion: setup() compiles the IR and caches it, vs torch "
+                              "setup() (info)", got["first-start"]["setup"], torch_["setup"],
+                        note=f"page cache dropped: {got['first-start']['dropped']}{lower_bound}"))
         for side in [s for s in ("int8", "fp32") if "setup" in got[s]]:
-            rows.append(Row(area, f"cold start setup(), {side} IR cached, vs torch setup()", got[side]["setup"],
-                            torch_["setup"], TARGET_COLD if side == "int8" else None,
-                            note=f"page cache dropped: {got[side]['dropped']}"
-                                 + ("; torch loaded fp16 (lower bound)" if "torch-setup" in got else "")))
+            rows.append(Row(area, f"cold start setup(), {side} IR and compiled model cached, vs torch setup()",
+                            got[side]["setup"], torch_["setup"], TARGET_COLD if side == "int8" else None,
+                            note=f"page cache dropped: {got[side]['dropped']}{lower_bound}"))
+            if "first_request" in got[side] and "first_request" in torch_:
+                rows.append(Row(area, f"cold start setup() + first request, {side} vs torch (info)",
+                                got[side]["setup"] + got[side]["first_request"],
+                                torch_["setup"] + torch_["first_request"],
+                                note=f"first request: {got[side]['first_request']:.2f} s vs "
+                                     f"{torch_['first_request']:.2f} s (OpenVINO reads its mmap'd compiled weights "
+                                     f"on first use)"))
             rows.append(Row(area, f"process peak RSS {side} vs torch (info)", got[side]["peak_rss"],
                             torch_["peak_rss"], unit="B",
                             note=f"after setup: {got[side]['setup_rss'] / GB:.2f} GB vs {torch_['setup_rss'] / GB:.2f} GB"))

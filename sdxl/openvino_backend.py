@@ -1,8 +1,8 @@
 """The CPU backend: the same diffusers pipelines with their UNets, VAE and text encoders run by OpenVINO.
 
 ``SDXL_BACKEND=openvino`` (opt-in; the default ``torch`` keeps images bitwise equal to plain diffusers).
-Each component is converted once per weight set (``openvino.convert_model`` on the torch module,
-traced with an example input) and cached as OpenVINO IR beside the weights, keyed by the weight
+Each component is converted once per weight set (``torch.export`` of the torch module with dynamic
+input sizes, then ``openvino.convert_model``) and cached as OpenVINO IR beside the weights, keyed by the weight
 files and the settings; the next cold start compiles the cached IR without building the torch
 module. UNets are int8 weight-compressed with nncf by default (``SDXL_OPENVINO_UNET=fp32`` keeps
 them fp32); the VAE and text encoders stay fp32.
@@ -13,7 +13,7 @@ guidance, refiner hand-off, img2img/inpaint latents and the VAE's sampling stay 
 code. Text encoders take the token embeddings from a torch ``nn.Embedding`` (so textual-inversion
 tokens load and unload through diffusers, unchanged); the OV model does the rest.
 
-Weights are exported as stored (fp16 files): every parameter is cast to fp32 inside the traced
+Weights are exported as stored (fp16 files): every parameter is cast to fp32 inside the exported
 graph (a parametrization), so the IR holds fp16 constants with a Convert to f32, computes in f32
 (``INFERENCE_PRECISION_HINT=f32``) and equals torch fp32 on the same files, at half the memory
 while converting.
@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "openvino")
 UNET_PRECISIONS = ("int8", "fp32")
-FORMAT = "1"  # bump when the exported graphs change, so stale IR is not reused
+FORMAT = "2"  # bump when the exported graphs change, so stale IR is not reused
+COMPILED = "compiled"  # OpenVINO's compiled-model cache, in the IR cache
 
 
 def backend() -> str:
@@ -105,12 +106,15 @@ class _UNetExport(nn.Module):
 
 
 class _Given(nn.Module):
-    """Stands in for the token embedding while tracing: returns the embeddings given to the export."""
+    """Stands in for the token embedding while exporting: returns the embeddings given to the export (held
+    only during the call: export takes a tensor left on a module for state)."""
 
-    value: torch.Tensor
+    def __init__(self):
+        super().__init__()
+        self.held: list[torch.Tensor] = []
 
     def forward(self, input_ids):
-        return self.value
+        return self.held[-1]
 
 
 class _TextExport(nn.Module):
@@ -123,8 +127,11 @@ class _TextExport(nn.Module):
         encoder.set_input_embeddings(self.given)
 
     def forward(self, input_ids, token_embeds):
-        self.given.value = token_embeds
-        out = self.encoder(input_ids, output_hidden_states=True)
+        self.given.held[:] = [token_embeds]
+        try:
+            out = self.encoder(input_ids, output_hidden_states=True)
+        finally:
+            self.given.held.clear()
         pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output  # with projection or not
         return out.last_hidden_state, pooled, torch.stack(out.hidden_states)
 
@@ -149,10 +156,10 @@ class _VaeEncode(nn.Module):
 
 def _key(directory: Path, *settings) -> str:
     """The weight files (name, size, mtime) and config of ``directory`` plus ``settings``, hashed."""
-    import nncf
-    import openvino
+    from importlib.metadata import version
 
-    h = hashlib.sha256(json.dumps([FORMAT, openvino.__version__, nncf.__version__, *settings]).encode())
+    # the versions from the package metadata: importing nncf costs a cold start seconds
+    h = hashlib.sha256(json.dumps([FORMAT, version("openvino"), version("nncf"), *settings]).encode())
     for f in sorted(directory.iterdir()):
         if f.is_file():
             st = f.stat()
@@ -190,7 +197,7 @@ def converted(weights_dir: Path, component: str, kind: str, precision: str, expo
 
     root.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    if precision == "int8":  # compressed from the fp32 IR (converted first if needed): no second trace
+    if precision == "int8":  # compressed from the fp32 IR (converted first if needed): no second export
         import nncf
 
         model = nncf.compress_weights(_core().read_model(converted(weights_dir, component, kind, "fp32", export)))
@@ -213,12 +220,18 @@ def converted(weights_dir: Path, component: str, kind: str, precision: str, expo
 
 
 def _convert(module: nn.Module, example: tuple):
-    """TorchScript-trace ``module`` and convert the trace (2-3x faster than convert_model on the module,
-    which also checks the trace); OpenVINO makes every input dimension dynamic."""
+    """``torch.export`` ``module`` with every input dimension dynamic (``Dim.AUTO``: kept dynamic unless the
+    graph fixes it), and convert the exported program. Exporting traces with fake tensors: the weights are
+    not read until ``openvino.convert_model`` shares them (fp16, memory-mapped) and ``save_model`` writes them,
+    so converting the SDXL UNet peaks at about the size of its fp16 weights (a TorchScript trace ran the
+    parametrizations for real and held every fp32 weight: 3x more)."""
     import openvino as ov
+    from torch.export import Dim
 
-    traced = torch.jit.trace(module, example, strict=False, check_trace=False)
-    return ov.convert_model(traced, example_input=example)
+    # the examples' dynamic sizes are all different and none is 1: export gives equal sizes one symbol and
+    # fixes sizes of 1 (a VAE exported at batch 1 returned nothing at batch 2)
+    dynamic = tuple({i: Dim.AUTO for i in range(t.dim())} for t in example)
+    return ov.convert_model(torch.export.export(module, example, dynamic_shapes=dynamic))
 
 
 def _variant(directory: Path) -> str | None:
@@ -232,11 +245,11 @@ def export_unet(directory: Path, time_ids: int):
         unet = UNet2DConditionModel.from_pretrained(directory, subfolder="unet", variant=_variant(directory / "unet"),
                                                     use_safetensors=True, dtype=torch.float16)
         cfg = unet.config
-        # an odd latent size: the traced graph forwards the skip connections' sizes to the upsamplers
+        # an odd latent size: the exported graph forwards the skip connections' sizes to the upsamplers
         # (diffusers' branch for sizes that are not a multiple of 2**upsamplers), valid for every size
         h = 2 ** unet.num_upsamplers + 1
         text = unet.add_embedding.linear_1.in_features - cfg.addition_time_embed_dim * time_ids
-        example = (torch.randn(2, cfg.in_channels, h, h), torch.tensor([500.0, 500.0]),
+        example = (torch.randn(2, cfg.in_channels, h, h + 2), torch.tensor([500.0, 500.0]),
                    torch.randn(2, 77, cfg.cross_attention_dim), torch.randn(2, text), torch.randn(2, time_ids))
         with torch.no_grad():
             return _convert(_UNetExport(_cast_in_graph(unet)), example)
@@ -264,7 +277,8 @@ def export_vae(directory: Path, part: str):
         vae = AutoencoderKL.from_pretrained(directory, subfolder="vae", variant=_variant(directory / "vae"),
                                             use_safetensors=True, dtype=torch.float16)
         module = (_VaeDecode if part == "decoder" else _VaeEncode)(_cast_in_graph(vae))
-        example = torch.randn(1, vae.config.latent_channels, 9, 9) if part == "decoder" else torch.randn(1, 3, 72, 72)
+        example = (torch.randn(2, vae.config.latent_channels, 9, 11) if part == "decoder"
+                   else torch.randn(2, 3, 72, 88))
         with torch.no_grad():
             return _convert(module, (example,))
 
@@ -285,9 +299,13 @@ def _core():
 
 def compile_ir(xml: Path, precision: str = "f32"):
     """Compile for the CPU, latency-oriented, with torch's thread count and no thread pinning (the process runs
-    torch too). ``precision`` f32: no bf16/f16 downcast, as torch fp32 computes (UNets: SDXL_OPENVINO_INFERENCE)."""
+    torch too). ``precision`` f32: no bf16/f16 downcast, as torch fp32 computes (UNets: SDXL_OPENVINO_INFERENCE).
+    OpenVINO keeps the compiled model in ``compiled/<precision>/`` beside the IR (its model cache): a later cold
+    start imports it instead of compiling again. One folder per precision: OpenVINO 2026.4's cache key leaves
+    the precision out, and a bf16 compile that imported the f32 blob crashed (test_openvino.py)."""
     config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_NUM_THREADS": torch.get_num_threads(), "ENABLE_CPU_PINNING": False}
+              "INFERENCE_NUM_THREADS": torch.get_num_threads(), "ENABLE_CPU_PINNING": False,
+              "CACHE_DIR": str(xml.parent.parent / COMPILED / precision)}
     return _core().compile_model(str(xml), "CPU", config)
 
 

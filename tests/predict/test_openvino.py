@@ -166,6 +166,38 @@ def test_converted_ir_is_reused_not_converted_again(ov_predictor):
     assert not [p for p in xml.parent.parent.iterdir() if p.name.startswith(".")]  # no half-written leftovers
 
 
+def test_compiled_models_are_cached_for_the_next_cold_start(ov_predictor):
+    """Setup compiled every IR once and OpenVINO kept the compiled model: compiling again imports it."""
+    import weights
+    from sdxl.openvino_backend import COMPILED, compile_ir, converted
+
+    def must_not_run():
+        raise AssertionError("converted again")
+
+    xml = converted(weights.resolve("sdxl-base"), "unet", "unet", "fp32", must_not_run)
+    assert list((xml.parent.parent / COMPILED / "f32").glob("*.blob"))
+    assert compile_ir(xml).get_property("LOADED_FROM_CACHE") is True
+
+
+def test_a_compiled_model_is_not_reused_for_another_inference_precision(ov_predictor, monkeypatch):
+    """OpenVINO's cache key leaves INFERENCE_PRECISION_HINT out: with one cache folder, a bf16 compile imported the
+    f32 blob of the same int8 IR and its first inference crashed the process. Each precision has its own folder."""
+    import weights
+    from sdxl.openvino_backend import compile_ir, converted, converted_unet
+
+    base = weights.resolve("sdxl-base")
+    compile_ir(converted(base, "unet", "unet", "int8", None), "f32")  # the f32 blob is in the cache
+    monkeypatch.setenv("SDXL_OPENVINO_INFERENCE", "bf16")
+    unet = converted_unet(base, "int8", time_ids=6)
+    cfg = unet.config
+    g = torch.Generator().manual_seed(0)
+    text = unet.add_embedding.linear_1.in_features - cfg.addition_time_embed_dim * 6
+    out = unet(torch.randn(2, cfg.in_channels, 32, 32, generator=g), torch.tensor(500.0),
+               torch.randn(2, 77, cfg.cross_attention_dim, generator=g),
+               added_cond_kwargs={"text_embeds": torch.randn(2, text, generator=g), "time_ids": torch.ones(2, 6)}).sample
+    assert out.shape == (2, cfg.in_channels, 32, 32) and torch.isfinite(out).all()
+
+
 def test_int8_unet_is_close_to_fp32(ov_predictor):
     """The default UNet precision (nncf int8 weights), compressed from the cached fp32 IR (no second trace)."""
     import weights
