@@ -62,8 +62,8 @@ def env_for(side: str) -> dict:
     if side == "torch":
         return {"SDXL_BACKEND": "torch"}
     if side == "int8-bf16":  # OpenVINO's default inference precision on AMX / avx512_bf16 CPUs
-        return {"SDXL_BACKEND": "openvino", "SDXL_OPENVINO_UNET": "int8", "SDXL_OPENVINO_INFERENCE": "bf16"}
-    return {"SDXL_BACKEND": "openvino", "SDXL_OPENVINO_UNET": side, "SDXL_OPENVINO_INFERENCE": "f32"}
+        return {"SDXL_BACKEND": "openvino", "SDXL_OPENVINO_WEIGHTS": "int8", "SDXL_OPENVINO_INFERENCE": "bf16"}
+    return {"SDXL_BACKEND": "openvino", "SDXL_OPENVINO_WEIGHTS": side, "SDXL_OPENVINO_INFERENCE": "f32"}
 
 
 # ---------------------------------------------------------------- children

@@ -4,8 +4,9 @@
 Each component is converted once per weight set (``torch.export`` of the torch module with dynamic
 input sizes, then ``openvino.convert_model``) and cached as OpenVINO IR beside the weights, keyed by the weight
 files and the settings; the next cold start compiles the cached IR without building the torch
-module. UNets are int8 weight-compressed with nncf by default (``SDXL_OPENVINO_UNET=fp32`` keeps
-them fp32); the VAE and text encoders stay fp32.
+module. The UNets and text encoders are int8 weight-compressed with nncf by default
+(``SDXL_OPENVINO_WEIGHTS=fp32`` keeps them fp32, as stored); the VAE stays fp32 (OpenVINO's CPU plugin expands
+int8 convolution weights back to f32: no gain).
 
 The wrappers are ``torch.nn.Module``s that look enough like the diffusers/transformers modules for
 the pipelines (``config``, ``dtype``, ``device``, the forward signature and outputs), so schedulers,
@@ -43,7 +44,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "openvino")
-UNET_PRECISIONS = ("int8", "fp32")
+WEIGHT_PRECISIONS = ("int8", "fp32")
 FORMAT = "2"  # bump when the exported graphs change, so stale IR is not reused
 COMPILED = "compiled"  # OpenVINO's compiled-model cache, in the IR cache
 
@@ -67,11 +68,13 @@ def inference_precision() -> str:
     return p
 
 
-def unet_precision() -> str:
-    """``SDXL_OPENVINO_UNET``: ``int8`` (default, nncf weight compression) or ``fp32``."""
-    p = os.environ.get("SDXL_OPENVINO_UNET", "").strip().lower() or "int8"
-    if p not in UNET_PRECISIONS:
-        raise ValueError(f"SDXL_OPENVINO_UNET={p!r}: expected one of {', '.join(UNET_PRECISIONS)}")
+def weight_precision() -> str:
+    """``SDXL_OPENVINO_WEIGHTS`` (formerly ``SDXL_OPENVINO_UNET``): ``int8`` (default, nncf weight compression of
+    the UNets and text encoders) or ``fp32``."""
+    name = "SDXL_OPENVINO_WEIGHTS" if os.environ.get("SDXL_OPENVINO_WEIGHTS") else "SDXL_OPENVINO_UNET"
+    p = os.environ.get(name, "").strip().lower() or "int8"
+    if p not in WEIGHT_PRECISIONS:
+        raise ValueError(f"{name}={p!r}: expected one of {', '.join(WEIGHT_PRECISIONS)}")
     return p
 
 
@@ -325,6 +328,8 @@ def _meta(cls, directory: Path, subfolder: str):
 class _OVModule(nn.Module):
     """What the pipelines read of a module besides calling it: fp32 on the CPU, no-op ``to()``."""
 
+    ir: Path | None = None  # the IR it was compiled from (the UNets and text encoders record it)
+
     def __init__(self, compiled, meta):
         super().__init__()
         self._compiled = compiled
@@ -520,7 +525,9 @@ def converted_unet(directory: Path, precision: str, time_ids: int) -> OVUNet:
     from diffusers import UNet2DConditionModel
 
     xml = converted(directory, "unet", "unet", precision, export_unet(directory, time_ids))
-    return OVUNet(compile_ir(xml, inference_precision()), _meta(UNet2DConditionModel, directory, "unet"))
+    unet = OVUNet(compile_ir(xml, inference_precision()), _meta(UNet2DConditionModel, directory, "unet"))
+    unet.ir = xml
+    return unet
 
 
 def load_pipelines(base_dir: Path, refiner_dir: Path):
@@ -530,12 +537,13 @@ def load_pipelines(base_dir: Path, refiner_dir: Path):
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     start = time.monotonic()
-    precision = unet_precision()
+    precision = weight_precision()
     index = json.loads((base_dir / "model_index.json").read_text())
     texts = {}
     for name, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
-        xml = converted(base_dir, name, "text", "fp32", export_text(base_dir, name, cls))
+        xml = converted(base_dir, name, "text", precision, export_text(base_dir, name, cls))
         texts[name] = OVTextEncoder(compile_ir(xml), _meta(cls, base_dir, name), _embedding(base_dir, name))
+        texts[name].ir = xml
     decoder = converted(base_dir, "vae", "decoder", "fp32", export_vae(base_dir, "decoder"))
     encoder = converted(base_dir, "vae", "encoder", "fp32", export_vae(base_dir, "encoder"))
     vae = OVVae(compile_ir(decoder), compile_ir(encoder), _meta(AutoencoderKL, base_dir, "vae"))
@@ -555,7 +563,7 @@ def load_pipelines(base_dir: Path, refiner_dir: Path):
         scheduler=scheduler_cls.from_pretrained(refiner_dir, subfolder="scheduler"),
         requires_aesthetics_score=True, force_zeros_for_empty_prompt=False, add_watermarker=False,
     )
-    log.info("OpenVINO modules ready (UNets %s) in %.1fs", precision, time.monotonic() - start)
+    log.info("OpenVINO modules ready (UNets and text encoders %s) in %.1fs", precision, time.monotonic() - start)
     return base, refiner
 
 

@@ -256,8 +256,8 @@ def shard_loss(state: TrainState, indices: torch.Tensor, noise: torch.Tensor, ti
     """This process's part of the global batch's loss, scaled so that the mean DDP takes over the processes
     is the global batch's mean loss (shards may differ in size at an epoch's end; an empty shard runs one
     example at weight 0, so every process takes part in the all-reduce)."""
-    acc = state.accelerator
-    part = torch.arange(len(indices)).tensor_split(state.world)[acc.process_index]
+    accelerator = state.accelerator
+    part = torch.arange(len(indices)).tensor_split(state.world)[accelerator.process_index]
     if len(part) == 0:
         return loss_on(state, indices[:1], noise[:1], timesteps[:1]) * 0.0
     loss = loss_on(state, indices[part], noise[part.to(noise.device)], timesteps[part.to(timesteps.device)])
@@ -274,7 +274,7 @@ def fit(state: TrainState, work_dir: Path, save_checkpoint=None) -> History:
     """Train for total_steps(cfg); ``save_checkpoint(dir, state)`` is called every checkpointing_steps."""
     from tqdm.auto import tqdm
 
-    cfg, acc = state.cfg, state.accelerator
+    cfg, accelerator = state.cfg, state.accelerator
     n, world = len(state.data), state.world
     steps = total_steps(cfg, n, world)
     history = History(pivot_step=max(1, int(steps * cfg.pivot_fraction)), total_steps=steps)
@@ -288,7 +288,7 @@ def fit(state: TrainState, work_dir: Path, save_checkpoint=None) -> History:
     state.tokens.start_training()
     state.unet.train()
     data_order = batches(n, cfg.train_batch_size * world, rng)
-    bar = tqdm(total=steps, desc="training", disable=not cfg.verbose or not acc.is_main_process)
+    bar = tqdm(total=steps, desc="training", disable=not cfg.verbose or not accelerator.is_main_process)
     started = time.monotonic()
     for step in range(steps):
         if step == history.pivot_step:
@@ -306,10 +306,10 @@ def fit(state: TrainState, work_dir: Path, save_checkpoint=None) -> History:
         else:
             loss = shard_loss(state, indices, noise, timesteps)
 
-        acc.backward(loss)
+        accelerator.backward(loss)
         if world > 1 and state.tokens.training:  # the UNet's grads are DDP's; the embeddings' are reduced here
             for p in state.tokens.parameters():
-                p.grad = acc.reduce(p.grad, reduction="mean")
+                p.grad = accelerator.reduce(p.grad, reduction="mean")
         lrs = [group["lr"] for group in optimizer.param_groups]  # the lrs this step uses
         optimizer.step()
         scheduler.step()
@@ -325,7 +325,7 @@ def fit(state: TrainState, work_dir: Path, save_checkpoint=None) -> History:
             log.info("step %d/%d loss %.5f lr %.3e ti_lr %.3e", record.step, steps, record.loss,
                      record.lr_unet, record.lr_ti)
         if (save_checkpoint is not None and record.step % cfg.checkpointing_steps == 0 and record.step < steps
-                and acc.is_main_process):
+                and accelerator.is_main_process):
             path = Path(work_dir) / "checkpoints" / f"checkpoint-{record.step}"
             save_checkpoint(path, state)
             history.checkpoints.append(path)

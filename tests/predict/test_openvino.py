@@ -1,6 +1,6 @@
 """SDXL_BACKEND=openvino: the predictor's images match plain diffusers (torch) for every mode and scheduler.
 
-The OpenVINO predictor runs fp32 IR (SDXL_OPENVINO_UNET=fp32) converted from the same tiny weight files.
+The OpenVINO predictor runs fp32 IR (SDXL_OPENVINO_WEIGHTS=fp32) converted from the same tiny weight files.
 Tolerance: 1 pixel level (of 255). OpenVINO's CPU kernels sum in another order than torch's (fused
 convolutions, its own attention and GroupNorm), so the fp32 results differ by ~1e-6 relative; after the
 scheduler steps and the VAE a pixel can land on the other side of a rounding boundary. Measured here: 0 or 1.
@@ -31,8 +31,8 @@ def _close(ours, theirs, tolerance=TOLERANCE):
 def ov_predictor():
     from predict import Predictor
 
-    saved = {k: os.environ.get(k) for k in ("SDXL_BACKEND", "SDXL_OPENVINO_UNET")}
-    os.environ.update(SDXL_BACKEND="openvino", SDXL_OPENVINO_UNET="fp32")
+    saved = {k: os.environ.get(k) for k in ("SDXL_BACKEND", "SDXL_OPENVINO_WEIGHTS")}
+    os.environ.update(SDXL_BACKEND="openvino", SDXL_OPENVINO_WEIGHTS="fp32")
     try:
         p = Predictor()
         p.setup()
@@ -218,15 +218,41 @@ def test_int8_unet_is_close_to_fp32(ov_predictor):
     assert not torch.equal(a, b)
 
 
+def test_default_int8_predictor_runs_int8_unets_and_text_encoders_close_to_fp32(ov_run, monkeypatch):
+    """The default (SDXL_OPENVINO_WEIGHTS unset): nncf int8 UNets and text encoders, compressed from the cached
+    fp32 IR; its images stay close to the fp32 predictor's (the full-size UNet's cosine is in the bench)."""
+    from predict import Predictor
+
+    monkeypatch.setenv("SDXL_BACKEND", "openvino")
+    monkeypatch.delenv("SDXL_OPENVINO_WEIGHTS", raising=False)
+    monkeypatch.delenv("SDXL_OPENVINO_UNET", raising=False)
+    p = Predictor()
+    p.setup()
+    m = p.models
+    for module in (m.base.unet, m.refiner.unet, m.base.text_encoder, m.base.text_encoder_2):
+        assert module.ir.parent.name.split("-")[-2] == "int8"
+    assert m.refiner.text_encoder_2 is m.base.text_encoder_2
+    from devkit.oracle import DEFAULTS
+    from PIL import Image
+
+    int8 = [np.array(Image.open(f)).astype(int) for f in p.predict(**{**DEFAULTS, **PLAIN})]
+    fp32 = [a.astype(int) for a in ov_run(**PLAIN)]
+    assert np.abs(int8[0] - fp32[0]).mean() < 2  # measured 0.32 levels (max 3)
+    assert not np.array_equal(int8[0], fp32[0])
+
+
 def test_unknown_backend_is_refused_with_the_accepted_values(monkeypatch):
-    from sdxl.openvino_backend import backend, inference_precision, unet_precision
+    from sdxl.openvino_backend import backend, inference_precision, weight_precision
 
     monkeypatch.setenv("SDXL_BACKEND", "tensorrt")
     with pytest.raises(ValueError, match="SDXL_BACKEND='tensorrt'.*torch, openvino"):
         backend()
-    monkeypatch.setenv("SDXL_OPENVINO_UNET", "int4")
-    with pytest.raises(ValueError, match="int8, fp32"):
-        unet_precision()
+    monkeypatch.setenv("SDXL_OPENVINO_WEIGHTS", "int4")
+    with pytest.raises(ValueError, match="SDXL_OPENVINO_WEIGHTS='int4'.*int8, fp32"):
+        weight_precision()
+    monkeypatch.delenv("SDXL_OPENVINO_WEIGHTS")
+    monkeypatch.setenv("SDXL_OPENVINO_UNET", "fp32")  # the former name still works
+    assert weight_precision() == "fp32"
     monkeypatch.setenv("SDXL_OPENVINO_INFERENCE", "f16")
     with pytest.raises(ValueError, match="f32, bf16"):
         inference_precision()
