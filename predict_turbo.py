@@ -14,6 +14,7 @@ from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLW
 
 from sdxl.fewstep import FewStepModels, plan_request
 from sdxl.finetune import FineTunes
+from sdxl.openvino_backend import make_finetunes
 from sdxl.generate import Settings, generate, seed_or_random
 from sdxl.images import OutputFolder, load_request_images
 from sdxl.model_specs import MODEL_SPECS
@@ -49,7 +50,7 @@ class Predictor(BaseRunner):
             if name != model:
                 finetunes.unload()
         if model not in self.finetunes:
-            self.finetunes[model] = FineTunes(self.models.get(model))
+            self.finetunes[model] = make_finetunes(self.models.get(model))
         return self.finetunes[model]
 
     def predict(

@@ -14,11 +14,12 @@ box together), one after the other, in this order:
    machine with that much RAM: the kernel reclaims the mmap'd weight pages RSS counts), where root may make one.
 2. ``first-start``: ``Predictor.setup()`` on the converted IR: compiles it and writes OpenVINO's compiled-model
    cache.
-3. ``torch``, ``int8``, ``fp32``, ``int8-bf16``: ``Predictor.setup()`` after dropping the page cache (cold start;
+3. ``torch`` (fp32), ``int8`` (the backend's defaults), ``fp32``, ``int8-f32`` (see ``env_for``):
+   ``Predictor.setup()`` after dropping the page cache (cold start;
    OpenVINO with the IR and the compiled models cached), the UNet step (batch 2 = guidance, 256x256, the same
    seeded inputs on every side; min of 3 after a warm-up), then predict() per mode at 256x256 (min of 2 after a
-   warm-up, the first of which is timed as the first request; ``--quick``: 1). Full size skips the ``fp32``
-   side's end-to-end runs (its compiled f32 weights take 10 GB) and uses the tiny refiner (memory): the refiner
+   warm-up, the first of which is timed as the first request; ``--quick``: 1). ``int8-f32`` runs the UNet step
+   only, and so does ``fp32`` at full size (its compiled f32 weights take 10 GB); full size uses the tiny refiner (memory): the refiner
    modes are timed at tiny size only. Torch fp32 runs end to end at full size when 20 GB of RAM are available;
    otherwise its UNet alone, and its setup() loading fp16 (a lower bound).
 
@@ -40,7 +41,7 @@ from pathlib import Path
 from . import common
 from .common import GB, Row
 
-SIDES = ("torch", "int8", "fp32", "int8-bf16")
+SIDES = ("torch", "int8", "fp32", "int8-f32")
 # the issue's targets (ratios against torch fp32 in the same run)
 TARGET_STEP, TARGET_E2E, TARGET_CONVERT_RSS, TARGET_COLD = 0.5, 0.6, 0.6, 1.3
 # full-size torch fp32 end to end (~15 GB anonymous at its peak) runs when this much RAM is available (GB)
@@ -59,11 +60,12 @@ def cases(size: str) -> list[tuple[str, dict]]:
 
 
 def env_for(side: str) -> dict:
+    """``int8``: the backend's defaults (int8 weights, the UNets computing in OpenVINO's own precision for this CPU:
+    bf16 with AMX / avx512_bf16); ``int8-f32``: int8 weights computing in f32; ``fp32``: fp32 weights in f32."""
     if side == "torch":
         return {"SDXL_BACKEND": "torch"}
-    if side == "int8-bf16":  # OpenVINO's default inference precision on AMX / avx512_bf16 CPUs
-        return {"SDXL_BACKEND": "openvino", "SDXL_OPENVINO_WEIGHTS": "int8", "SDXL_OPENVINO_INFERENCE": "bf16"}
-    return {"SDXL_BACKEND": "openvino", "SDXL_OPENVINO_WEIGHTS": side, "SDXL_OPENVINO_INFERENCE": "f32"}
+    weights_, inference = {"int8": ("int8", "auto"), "int8-f32": ("int8", "f32"), "fp32": ("fp32", "f32")}[side]
+    return {"SDXL_BACKEND": "openvino", "SDXL_OPENVINO_WEIGHTS": weights_, "SDXL_OPENVINO_INFERENCE": inference}
 
 
 # ---------------------------------------------------------------- children
@@ -337,7 +339,7 @@ def run(size: str, quick: bool) -> list[Row]:
         notes = []
         for side in SIDES:
             args = ["--child", side, "--size", size, "--outputs", str(outputs)] + (["--quick"] if quick else [])
-            if side == "int8-bf16" or size == "full" and side == "fp32":
+            if side == "int8-f32" or size == "full" and side == "fp32":
                 args.append("--no-e2e")
             extra = {}
             if size == "full" and side == "torch":
@@ -356,7 +358,7 @@ def run(size: str, quick: bool) -> list[Row]:
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         torch_ = got["torch"]
-        for side in ("int8", "fp32", "int8-bf16"):
+        for side in ("int8", "int8-f32", "fp32"):
             g = got[side]
             rows.append(Row(area, f"UNet step {side} vs torch fp32 (batch 2, 256x256)", g["step"], torch_["step"],
                             TARGET_STEP if side == "int8" else None,

@@ -58,24 +58,32 @@ def load_model(spec: ModelSpec, device: str, dtype: torch.dtype, safety: SafetyC
                shared: dict[str, object]) -> Models:
     """Model ``spec`` as :class:`Models` (no refiner), reusing the modules in ``shared`` (real path -> module)
     whose files are the same, and adding its own to it."""
+    from . import openvino_backend
+
     directory = weights.resolve(spec.weights)
     reuse = {}
     for sub in SHAREABLE:
         module = shared.get(os.path.realpath(directory / sub))
         if module is not None:
             reuse[sub] = module
-    unet = load_unet(spec, directory, device, dtype)
-    if unet is not None:
-        reuse["unet"] = unet
-    base = StableDiffusionXLPipeline.from_pretrained(
-        directory, dtype=dtype, variant=variant_of(directory), use_safetensors=True, add_watermarker=False, **reuse
-    ).to(device)
+    if openvino_backend.backend() == "openvino":  # OpenVINO UNet, VAE and text encoders on the CPU
+        base = openvino_backend.base_pipeline(directory, spec.unet_file, reuse)
+    else:
+        unet = load_unet(spec, directory, device, dtype)
+        if unet is not None:
+            reuse["unet"] = unet
+        base = StableDiffusionXLPipeline.from_pretrained(
+            directory, dtype=dtype, variant=variant_of(directory), use_safetensors=True, add_watermarker=False,
+            **reuse
+        ).to(device)
     for sub in SHAREABLE:
         shared.setdefault(os.path.realpath(directory / sub), getattr(base, sub))
     config = dict(base.scheduler.config)
     if spec.timestep_spacing:
         config["timestep_spacing"] = spec.timestep_spacing
     models = assemble(base, None, safety, device, dtype, scheduler_config=config)
+    if isinstance(base.unet, openvino_backend.OVUNet):
+        openvino_backend.attach(models, directory, spec.unet_file)
     return models
 
 
@@ -85,6 +93,10 @@ class FewStepModels:
     def __init__(self, default: str, device: str | None = None, dtype: torch.dtype | None = None):
         if device is None or dtype is None:
             device, dtype = pick_device()
+        from . import openvino_backend
+
+        if openvino_backend.backend() == "openvino":
+            device, dtype = "cpu", torch.float32
         self.device, self.dtype = device, dtype
         self.safety = SafetyChecker(weights.resolve("safety-checker"), device, dtype)
         self.shared: dict[str, object] = {}

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "openvino")
 WEIGHT_PRECISIONS = ("int8", "fp32")
+INFERENCE_PRECISIONS = ("auto", "f32", "bf16")
 FORMAT = "2"  # bump when the exported graphs change, so stale IR is not reused
 COMPILED = "compiled"  # OpenVINO's compiled-model cache, in the IR cache
 
@@ -60,11 +61,12 @@ def backend() -> str:
 
 
 def inference_precision() -> str:
-    """``SDXL_OPENVINO_INFERENCE``: ``f32`` (default: computes as torch fp32 does) or ``bf16`` (OpenVINO's own
-    default on CPUs with AMX / avx512_bf16: faster there, images further from diffusers')."""
-    p = os.environ.get("SDXL_OPENVINO_INFERENCE", "").strip().lower() or "f32"
-    if p not in ("f32", "bf16"):
-        raise ValueError(f"SDXL_OPENVINO_INFERENCE={p!r}: expected one of f32, bf16")
+    """``SDXL_OPENVINO_INFERENCE``, the UNets' compute precision: ``auto`` (default: OpenVINO's own choice, bf16 on
+    CPUs with AMX / avx512_bf16 and f32 elsewhere, as OpenVINO's SDXL tutorial runs), ``f32`` (computes as torch
+    fp32 does: the images closest to diffusers') or ``bf16``."""
+    p = os.environ.get("SDXL_OPENVINO_INFERENCE", "").strip().lower() or "auto"
+    if p not in INFERENCE_PRECISIONS:
+        raise ValueError(f"SDXL_OPENVINO_INFERENCE={p!r}: expected one of {', '.join(INFERENCE_PRECISIONS)}")
     return p
 
 
@@ -157,13 +159,13 @@ class _VaeEncode(nn.Module):
         return self.vae.encode(x).latent_dist.parameters
 
 
-def _key(directory: Path, *settings) -> str:
-    """The weight files (name, size, mtime) and config of ``directory`` plus ``settings``, hashed."""
+def _key(directory: Path, *settings, files: tuple[Path, ...] = ()) -> str:
+    """The weight files (name, size, mtime) and config of ``directory`` and ``files`` plus ``settings``, hashed."""
     from importlib.metadata import version
 
     # the versions from the package metadata: importing nncf costs a cold start seconds
     h = hashlib.sha256(json.dumps([FORMAT, version("openvino"), version("nncf"), *settings]).encode())
-    for f in sorted(directory.iterdir()):
+    for f in [*sorted(directory.iterdir()), *files]:
         if f.is_file():
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
@@ -188,10 +190,12 @@ def cache_root(weights_dir: Path) -> Path:
     return Path.home() / ".cache" / "cog-sdxl" / "openvino" / hashlib.sha256(str(weights_dir).encode()).hexdigest()[:12]
 
 
-def converted(weights_dir: Path, component: str, kind: str, precision: str, export) -> Path:
-    """The IR (``model.xml``) of ``component`` (a sub-folder of ``weights_dir``), converting it with
-    ``export()`` -> ov.Model the first time. Written to a temporary directory and renamed into place."""
-    name = f"{component}-{kind}-{precision}-{_key(weights_dir / component, kind, precision)}"
+def converted(weights_dir: Path, component: str, kind: str, precision: str, export,
+              files: tuple[Path, ...] = ()) -> Path:
+    """The IR (``model.xml``) of ``component`` (a sub-folder of ``weights_dir``, plus ``files`` its weights may
+    come from), converting it with ``export()`` -> ov.Model the first time. Written to a temporary directory and
+    renamed into place."""
+    name = f"{component}-{kind}-{precision}-{_key(weights_dir / component, kind, precision, files=files)}"
     root = cache_root(weights_dir)
     dest = root / name
     if (dest / "model.xml").is_file():
@@ -203,7 +207,8 @@ def converted(weights_dir: Path, component: str, kind: str, precision: str, expo
     if precision == "int8":  # compressed from the fp32 IR (converted first if needed): no second export
         import nncf
 
-        model = nncf.compress_weights(_core().read_model(converted(weights_dir, component, kind, "fp32", export)))
+        model = nncf.compress_weights(_core().read_model(converted(weights_dir, component, kind, "fp32", export,
+                                                                   files)))
     else:
         model = export()
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
@@ -241,12 +246,25 @@ def _variant(directory: Path) -> str | None:
     return "fp16" if any(directory.glob("*.fp16.safetensors")) else None
 
 
-def export_unet(directory: Path, time_ids: int):
+def _torch_unet(directory: Path, dtype: torch.dtype, unet_file: str | None = None):
+    """The torch UNet of a weight set: ``unet/``, or ``unet/config.json`` with the weights of ``unet_file`` (one
+    state-dict file, as SDXL-Lightning ships its UNets)."""
     from diffusers import UNet2DConditionModel
 
+    if unet_file is None:
+        return UNet2DConditionModel.from_pretrained(directory, subfolder="unet", variant=_variant(directory / "unet"),
+                                                    use_safetensors=True, dtype=dtype)
+    from safetensors.torch import load_file
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(directory, subfolder="unet"))
+    unet.load_state_dict({k: v.to(dtype) for k, v in load_file(directory / unet_file).items()}, assign=True)
+    return unet
+
+
+def export_unet(directory: Path, time_ids: int, unet_file: str | None = None):
     def export():
-        unet = UNet2DConditionModel.from_pretrained(directory, subfolder="unet", variant=_variant(directory / "unet"),
-                                                    use_safetensors=True, dtype=torch.float16)
+        unet = _torch_unet(directory, torch.float16, unet_file)
         cfg = unet.config
         # an odd latent size: the exported graph forwards the skip connections' sizes to the upsamplers
         # (diffusers' branch for sizes that are not a multiple of 2**upsamplers), valid for every size
@@ -302,13 +320,15 @@ def _core():
 
 def compile_ir(xml: Path, precision: str = "f32"):
     """Compile for the CPU, latency-oriented, with torch's thread count and no thread pinning (the process runs
-    torch too). ``precision`` f32: no bf16/f16 downcast, as torch fp32 computes (UNets: SDXL_OPENVINO_INFERENCE).
+    torch too). ``precision`` f32: no bf16/f16 downcast, as torch fp32 computes; ``auto``: OpenVINO's default for
+    this CPU (the UNets: SDXL_OPENVINO_INFERENCE; the text encoders and VAE: f32).
     OpenVINO keeps the compiled model in ``compiled/<precision>/`` beside the IR (its model cache): a later cold
     start imports it instead of compiling again. One folder per precision: OpenVINO 2026.4's cache key leaves
     the precision out, and a bf16 compile that imported the f32 blob crashed (test_openvino.py)."""
-    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_NUM_THREADS": torch.get_num_threads(), "ENABLE_CPU_PINNING": False,
-              "CACHE_DIR": str(xml.parent.parent / COMPILED / precision)}
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+              "ENABLE_CPU_PINNING": False, "CACHE_DIR": str(xml.parent.parent / COMPILED / precision)}
+    if precision != "auto":
+        config["INFERENCE_PRECISION_HINT"] = precision
     return _core().compile_model(str(xml), "CPU", config)
 
 
@@ -478,8 +498,9 @@ def _embedding(directory: Path, component: str) -> nn.Embedding:
 class OpenVINOComponents:
     """The OV modules of the pipelines and the torch modules swapped in for fine-tunes."""
 
-    def __init__(self, base_dir: Path, pipes: list, refiner):
+    def __init__(self, base_dir: Path, pipes: list, refiner, unet_file: str | None = None):
         self.base_dir = base_dir
+        self.unet_file = unet_file  # the UNet's weights file (SDXL-Lightning), when not unet/
         self.pipes = pipes  # base, img2img, inpaint
         self.refiner = refiner  # keeps its OV UNet; shares the base's text_encoder_2
         self.ov = {}
@@ -488,13 +509,13 @@ class OpenVINOComponents:
     def swap(self, names: tuple[str, ...], to_torch: bool) -> None:
         for name in names:
             module = self._torch_module(name) if to_torch else self.ov[name]
-            for pipe in self.pipes + ([self.refiner] if name == "text_encoder_2" else []):
+            for pipe in self.pipes + ([self.refiner] if name == "text_encoder_2" and self.refiner else []):
                 setattr(pipe, name, module)
 
     def _torch_module(self, name: str):
         if name not in self.torch:
             start = time.monotonic()
-            self.torch[name] = _load_torch(self.base_dir, name)
+            self.torch[name] = _load_torch(self.base_dir, name, self.unet_file)
             log.info("loaded the torch %s for fine-tunes in %.1fs", name, time.monotonic() - start)
         return self.torch[name]
 
@@ -511,65 +532,91 @@ class OpenVINOComponents:
                 setattr(self.pipes[0], n, m)
 
 
-def _load_torch(directory: Path, name: str):
-    from diffusers import UNet2DConditionModel
+def _load_torch(directory: Path, name: str, unet_file: str | None = None):
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    cls = {"unet": UNet2DConditionModel, "text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection}[name]
+    if name == "unet":
+        return _torch_unet(directory, torch.float32, unet_file)
+    cls = {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection}[name]
     return cls.from_pretrained(directory, subfolder=name, variant=_variant(directory / name), use_safetensors=True,
                                dtype=torch.float32)
 
 
-def converted_unet(directory: Path, precision: str, time_ids: int) -> OVUNet:
+def converted_unet(directory: Path, precision: str, time_ids: int, unet_file: str | None = None) -> OVUNet:
     """``time_ids``: 6 for the base (size, crop, target size), 5 for the refiner (aesthetic score instead)."""
     from diffusers import UNet2DConditionModel
 
-    xml = converted(directory, "unet", "unet", precision, export_unet(directory, time_ids))
+    files = (directory / unet_file,) if unet_file else ()
+    xml = converted(directory, "unet", "unet", precision, export_unet(directory, time_ids, unet_file), files)
     unet = OVUNet(compile_ir(xml, inference_precision()), _meta(UNet2DConditionModel, directory, "unet"))
     unet.ir = xml
     return unet
 
 
-def load_pipelines(base_dir: Path, refiner_dir: Path):
-    """The base and refiner pipelines (as sdxl.models builds them) on OpenVINO modules."""
-    import diffusers
-    from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+def text_encoders(directory: Path) -> dict[str, OVTextEncoder]:
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    start = time.monotonic()
-    precision = weight_precision()
-    index = json.loads((base_dir / "model_index.json").read_text())
     texts = {}
     for name, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
-        xml = converted(base_dir, name, "text", precision, export_text(base_dir, name, cls))
-        texts[name] = OVTextEncoder(compile_ir(xml), _meta(cls, base_dir, name), _embedding(base_dir, name))
+        xml = converted(directory, name, "text", weight_precision(), export_text(directory, name, cls))
+        texts[name] = OVTextEncoder(compile_ir(xml), _meta(cls, directory, name), _embedding(directory, name))
         texts[name].ir = xml
-    decoder = converted(base_dir, "vae", "decoder", "fp32", export_vae(base_dir, "decoder"))
-    encoder = converted(base_dir, "vae", "encoder", "fp32", export_vae(base_dir, "encoder"))
-    vae = OVVae(compile_ir(decoder), compile_ir(encoder), _meta(AutoencoderKL, base_dir, "vae"))
-    scheduler_cls = getattr(diffusers, index["scheduler"][1])
-    base = StableDiffusionXLPipeline(
-        vae=vae, **texts,
-        tokenizer=CLIPTokenizer.from_pretrained(base_dir / "tokenizer"),
-        tokenizer_2=CLIPTokenizer.from_pretrained(base_dir / "tokenizer_2"),
-        unet=converted_unet(base_dir, precision, time_ids=6),
-        scheduler=scheduler_cls.from_pretrained(base_dir, subfolder="scheduler"),
+    return texts
+
+
+def vae(directory: Path) -> OVVae:
+    from diffusers import AutoencoderKL
+
+    decoder = converted(directory, "vae", "decoder", "fp32", export_vae(directory, "decoder"))
+    encoder = converted(directory, "vae", "encoder", "fp32", export_vae(directory, "encoder"))
+    return OVVae(compile_ir(decoder), compile_ir(encoder), _meta(AutoencoderKL, directory, "vae"))
+
+
+def base_pipeline(directory: Path, unet_file: str | None = None, reuse: dict | None = None):
+    """The StableDiffusionXLPipeline of a weight set on OpenVINO modules; ``reuse`` holds modules already made
+    from the same files (text encoders, VAE), as sdxl.fewstep shares them between models."""
+    import diffusers
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    reuse = reuse or {}
+    index = json.loads((directory / "model_index.json").read_text())
+    texts = ({n: reuse[n] for n in ("text_encoder", "text_encoder_2")} if "text_encoder_2" in reuse
+             else text_encoders(directory))
+    return StableDiffusionXLPipeline(
+        vae=reuse.get("vae") or vae(directory), **texts,
+        tokenizer=reuse.get("tokenizer") or CLIPTokenizer.from_pretrained(directory / "tokenizer"),
+        tokenizer_2=reuse.get("tokenizer_2") or CLIPTokenizer.from_pretrained(directory / "tokenizer_2"),
+        unet=converted_unet(directory, weight_precision(), time_ids=6, unet_file=unet_file),
+        scheduler=getattr(diffusers, index["scheduler"][1]).from_pretrained(directory, subfolder="scheduler"),
         force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True),
         add_watermarker=False,
     )
+
+
+def load_pipelines(base_dir: Path, refiner_dir: Path):
+    """The base and refiner pipelines (as sdxl.models builds them) on OpenVINO modules."""
+    import diffusers
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    start = time.monotonic()
+    base = base_pipeline(base_dir)
+    index = json.loads((refiner_dir / "model_index.json").read_text())
     refiner = StableDiffusionXLImg2ImgPipeline(
-        vae=vae, text_encoder=None, text_encoder_2=base.text_encoder_2, tokenizer=None,
-        tokenizer_2=base.tokenizer_2, unet=converted_unet(refiner_dir, precision, time_ids=5),
-        scheduler=scheduler_cls.from_pretrained(refiner_dir, subfolder="scheduler"),
+        vae=base.vae, text_encoder=None, text_encoder_2=base.text_encoder_2, tokenizer=None,
+        tokenizer_2=base.tokenizer_2, unet=converted_unet(refiner_dir, weight_precision(), time_ids=5),
+        scheduler=getattr(diffusers, index["scheduler"][1]).from_pretrained(refiner_dir, subfolder="scheduler"),
         requires_aesthetics_score=True, force_zeros_for_empty_prompt=False, add_watermarker=False,
     )
-    log.info("OpenVINO modules ready (UNets and text encoders %s) in %.1fs", precision, time.monotonic() - start)
+    log.info("OpenVINO modules ready (UNets and text encoders %s) in %.1fs", weight_precision(),
+             time.monotonic() - start)
     return base, refiner
 
 
-def attach(models, base_dir: Path) -> None:
+def attach(models, base_dir: Path, unet_file: str | None = None) -> None:
     """Record what fine-tunes need on ``models`` (after sdxl.models built img2img/inpaint from ``base``)."""
-    components = OpenVINOComponents(base_dir, [models.base, models.img2img, models.inpaint], models.refiner)
+    components = OpenVINOComponents(base_dir, [models.base, models.img2img, models.inpaint], models.refiner,
+                                    unet_file)
     components.ov = {n: getattr(models.base, n) for n in ("unet", "text_encoder", "text_encoder_2")}
     models.openvino = components
 
