@@ -56,6 +56,14 @@ DEFAULTS = dict(
 
 
 
+def assert_images_close(ours, theirs, tolerance: int) -> None:
+    """The same number of images, of the same shapes, every pixel within ``tolerance`` levels."""
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= tolerance
+
+
 class Oracle:
     """Plain diffusers pipelines loaded straight from the weight directories, as the diffusers docs do."""
 

@@ -13,6 +13,7 @@ import os
 import numpy as np
 import pytest
 from devkit.fewstep_oracle import TURBO_DEFAULTS
+from devkit.oracle import assert_images_close
 from devkit.reference_tars import reference_lora_tar
 from PIL import Image
 
@@ -33,10 +34,7 @@ def _openvino():
 
 
 def _close(ours, theirs):
-    assert len(ours) == len(theirs)
-    for a, b in zip(ours, theirs):
-        assert a.shape == b.shape
-        assert np.abs(a.astype(int) - b.astype(int)).max() <= TOLERANCE
+    assert_images_close(ours, theirs, TOLERANCE)
 
 
 @pytest.fixture(scope="module")

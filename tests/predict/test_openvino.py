@@ -10,7 +10,7 @@ The IR is converted once into the tiny weights' directory and reused by later ru
 import numpy as np
 import pytest
 import torch
-from devkit.oracle import ORACLE_SCHEDULERS
+from devkit.oracle import ORACLE_SCHEDULERS, assert_images_close
 from safetensors.torch import load
 
 TOLERANCE = 1
@@ -19,10 +19,7 @@ TOK = dict(prompt="a photo of TOK")
 
 
 def _close(ours, theirs, tolerance=TOLERANCE):
-    assert len(ours) == len(theirs)
-    for a, b in zip(ours, theirs):
-        assert a.shape == b.shape
-        assert np.abs(a.astype(int) - b.astype(int)).max() <= tolerance
+    assert_images_close(ours, theirs, tolerance)
 
 
 @pytest.fixture(scope="session")
