@@ -172,6 +172,30 @@ def test_compiled_models_are_cached_for_the_next_cold_start(ov_predictor):
     assert compile_ir(xml).get_property("LOADED_FROM_CACHE") is True
 
 
+def test_a_half_written_compiled_model_is_compiled_again(ov_predictor, tmp_path):
+    """OpenVINO writes its compiled-model blobs in place: a start killed while writing one leaves it truncated.
+    The next start must compile again (and rewrite it), not fail on it."""
+    import shutil
+
+    import weights
+    from sdxl.openvino_backend import COMPILED, compile_ir, converted
+
+    def must_not_run():
+        raise AssertionError("converted again")
+
+    ir = converted(weights.resolve("sdxl-base"), "vae", "decoder", "fp32", must_not_run).parent
+    xml = shutil.copytree(ir, tmp_path / ir.name) / "model.xml"
+    compile_ir(xml)
+    (blob,) = (tmp_path / COMPILED / "f32").glob("*.blob")
+    blob.chmod(0o600)  # OpenVINO writes them read-only
+    with open(blob, "r+b") as f:
+        f.truncate(blob.stat().st_size // 3)
+    again = compile_ir(xml)
+    assert again.get_property("LOADED_FROM_CACHE") is False
+    assert again([np.zeros((1, 4, 8, 8), np.float32)])[0].shape == (1, 3, 64, 64)
+    assert compile_ir(xml).get_property("LOADED_FROM_CACHE") is True
+
+
 def test_a_compiled_model_is_not_reused_for_another_inference_precision(ov_predictor, monkeypatch):
     """OpenVINO's cache key leaves INFERENCE_PRECISION_HINT out: with one cache folder, a bf16 compile imported the
     f32 blob of the same int8 IR and its first inference crashed the process. Each precision has its own folder."""
