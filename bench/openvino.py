@@ -139,7 +139,6 @@ def child_side(side: str, size: str, quick: bool, outputs: Path, e2e: bool, setu
     from sdxl import openvino_backend  # noqa: F401
 
     if side != "torch":
-        import nncf  # noqa: F401
         import openvino  # noqa: F401
     out: dict = {"modes": {}}
     if setup_only or e2e:

@@ -1,4 +1,4 @@
-"""Fixtures of the few-step model tests: one set-up predict_turbo predictor, its oracles, input files."""
+"""Fixtures of the few-step model tests: one set-up predict_turbo predictor, its oracles, input files, a LoRA tar."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from devkit.fewstep_oracle import TURBO_DEFAULTS, FewStepOracle
 from devkit.media import picture
+from devkit.reference_tars import reference_lora_tar
 from PIL import Image
+
+import weights
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +56,12 @@ def image_files(tmp_path_factory) -> dict[str, Path]:
     mask.paste(255, (16, 16, 48, 48))
     mask.save(d / "mask.png")
     return {"image": d / "image.png", "mask": d / "mask.png"}
+
+
+@pytest.fixture(scope="session")
+def lora_tar(tmp_path_factory):
+    """A reference LoRA tar (rank 4, two tokens) shaped for the SDXL-Turbo UNet."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(weights.resolve("sdxl-turbo"), subfolder="unet", variant="fp16")
+    return reference_lora_tar(tmp_path_factory.mktemp("fewstep-lora") / "trained_model.tar", unet)

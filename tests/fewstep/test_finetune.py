@@ -1,22 +1,11 @@
 """Trained tars of the SDXL trainer apply to the few-step models through replicate_weights, and come off cleanly."""
 
 import numpy as np
-import pytest
 from devkit.fewstep_oracle import TURBO_DEFAULTS
-from devkit.reference_tars import reference_lora_tar
 from PIL import Image
 
-import weights
 
 PLAIN = dict(prompt="a photo of a dog", num_inference_steps=2)
-
-
-@pytest.fixture(scope="module")
-def lora_tar(tmp_path_factory):
-    from diffusers import UNet2DConditionModel
-
-    unet = UNet2DConditionModel.from_pretrained(weights.resolve("sdxl-turbo"), subfolder="unet", variant="fp16")
-    return reference_lora_tar(tmp_path_factory.mktemp("fewstep-lora") / "trained_model.tar", unet)
 
 
 def test_trained_tar_changes_turbo_and_the_next_request_is_turbo_bitwise(turbo_run, lora_tar):

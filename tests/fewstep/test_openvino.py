@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from devkit.fewstep_oracle import TURBO_DEFAULTS
 from devkit.oracle import assert_images_close
-from devkit.reference_tars import reference_lora_tar
 from PIL import Image
 
 import weights
@@ -89,14 +88,6 @@ def test_turbo_image_modes_match_the_model_card(ov_turbo_run, fewstep_oracle, im
 def test_lightning_from_its_unet_file_matches_its_model_card(ov_turbo_run, fewstep_oracle):
     _close(ov_turbo_run(model="sdxl-lightning-4step"),
            fewstep_oracle("sdxl-lightning-4step")("txt2img", prompt=PROMPT, steps=4, seed=1234, strength=None))
-
-
-@pytest.fixture(scope="module")
-def lora_tar(tmp_path_factory):
-    from diffusers import UNet2DConditionModel
-
-    unet = UNet2DConditionModel.from_pretrained(weights.resolve("sdxl-turbo"), subfolder="unet", variant="fp16")
-    return reference_lora_tar(tmp_path_factory.mktemp("fewstep-ov-lora") / "trained_model.tar", unet)
 
 
 @pytest.mark.parametrize("model", ["sdxl-turbo", "sdxl-lightning-4step"])
